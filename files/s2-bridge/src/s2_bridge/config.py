@@ -1,0 +1,204 @@
+"""Config files (TOML): the bridge's own and the admin client's (watchdog, status, admin).
+
+Every error names the file, the key and the fix; unknown keys are errors too, so a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from s2_bridge.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    host: str = "127.0.0.1"
+    port: int = 8443
+
+
+@dataclass(frozen=True)
+class TLSSection:
+    cert_file: str = ""
+    key_file: str = ""
+
+
+@dataclass(frozen=True)
+class StorageSection:
+    backend: str = "sqlite"
+    path: str = "/var/lib/s2-bridge/bridge.db"
+
+
+@dataclass(frozen=True)
+class AuthSection:
+    admin_token_file: str = "/var/lib/s2-bridge/admin.token"
+
+
+@dataclass(frozen=True)
+class ConversationsSection:
+    default_ttl_s: int = 30 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class HealthSection:
+    silent_after_s: int = 45
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    message_max_chars: int = 50_000
+    files_involved_max: int = 20
+    file_name_max_chars: int = 512
+    calls_per_s: float = 20.0
+    calls_burst: int = 60
+    auth_failures_per_min: int = 30
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    path: str
+    server: ServerSection = field(default_factory=ServerSection)
+    tls: TLSSection | None = None
+    storage: StorageSection = field(default_factory=StorageSection)
+    auth: AuthSection = field(default_factory=AuthSection)
+    conversations: ConversationsSection = field(default_factory=ConversationsSection)
+    health: HealthSection = field(default_factory=HealthSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+
+
+@dataclass(frozen=True)
+class WatchdogSection:
+    interval_s: float = 15.0
+    threshold_s: float = 45.0
+    grace_s: float = 120.0
+    check_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    path: str
+    bridge_url: str
+    admin_token_file: str
+    ca_file: str | None = None
+    watchdog: WatchdogSection = field(default_factory=WatchdogSection)
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(path, None, "file not found", "create it or pass the right path") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read ({exc.strerror})", "check its permissions") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, None, f"not valid TOML ({exc})", "fix the syntax at that line") from None
+
+
+def _check_type(path: str, key: str, value: Any, expected: Any) -> Any:
+    """Accept `value` if it fits the dataclass field type; ints are fine where floats are asked."""
+    if expected in (float, "float") and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if expected in (int, "int") and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if expected in (str, "str") and isinstance(value, str):
+        return value
+    if expected in ("str | None",) and isinstance(value, str):
+        return value
+    name = getattr(expected, "__name__", str(expected))
+    raise ConfigError(path, key, f"must be {name}, got {type(value).__name__} {value!r}", f"set {key} to a {name}")
+
+
+def build_section(path: str, prefix: str, cls: type[T], data: Any) -> T:
+    """Build a dataclass from a TOML table, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(path, prefix, "must be a table", f"write it as [{prefix}]")
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in known or key == "path":
+            allowed = ", ".join(sorted(k for k in known if k != "path"))
+            raise ConfigError(path, full, "unknown key", f"remove it or use one of: {allowed}")
+        values[key] = _check_type(path, full, value, known[key].type)
+    return cls(**values)
+
+
+def _positive(path: str, key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(path, key, f"must be greater than 0, got {value}", f"set {key} to a positive number")
+
+
+def load_bridge_config(path: str) -> BridgeConfig:
+    data = read_toml(path)
+    sections: dict[str, type] = {
+        "server": ServerSection,
+        "tls": TLSSection,
+        "storage": StorageSection,
+        "auth": AuthSection,
+        "conversations": ConversationsSection,
+        "health": HealthSection,
+        "limits": LimitsSection,
+    }
+    built: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in sections:
+            raise ConfigError(path, name, "unknown section", f"use one of: {', '.join(sorted(sections))}")
+        built[name] = build_section(path, name, sections[name], value)
+    config = BridgeConfig(path=path, **built)
+    _validate_bridge(config)
+    return config
+
+
+def _validate_bridge(config: BridgeConfig) -> None:
+    path = config.path
+    if not 1 <= config.server.port <= 65535:
+        raise ConfigError(path, "server.port", f"{config.server.port} is out of range", "use 1-65535")
+    if config.tls is not None:
+        for key in ("cert_file", "key_file"):
+            if not getattr(config.tls, key):
+                raise ConfigError(path, f"tls.{key}", "is empty", f"set tls.{key} to a PEM file")
+    if config.storage.backend != "sqlite":
+        raise ConfigError(path, "storage.backend", f"{config.storage.backend!r} is not supported", 'use "sqlite"')
+    _positive(path, "conversations.default_ttl_s", config.conversations.default_ttl_s)
+    _positive(path, "health.silent_after_s", config.health.silent_after_s)
+    for key in ("message_max_chars", "files_involved_max", "file_name_max_chars", "calls_per_s", "calls_burst"):
+        _positive(path, f"limits.{key}", getattr(config.limits, key))
+    _positive(path, "limits.auth_failures_per_min", config.limits.auth_failures_per_min)
+
+
+def load_admin_config(path: str) -> AdminConfig:
+    data = read_toml(path)
+    watchdog_data = data.pop("watchdog", {})
+    for key in ("bridge_url", "admin_token_file"):
+        if key not in data:
+            raise ConfigError(path, key, "is missing", f'add {key} = "..."')
+    allowed = {"bridge_url", "admin_token_file", "ca_file"}
+    for key, value in data.items():
+        if key not in allowed:
+            raise ConfigError(path, key, "unknown key", f"remove it or use one of: {', '.join(sorted(allowed))}")
+        _check_type(path, key, value, str)
+    url = data["bridge_url"]
+    if not url.startswith(("https://", "http://")):
+        raise ConfigError(path, "bridge_url", f"{url!r} is not an http(s) URL", "use https://HOST:PORT/mcp")
+    if url.startswith("https://") and not data.get("ca_file"):
+        raise ConfigError(path, "ca_file", "is missing for an https URL", "set ca_file to the fleet CA")
+    watchdog = build_section(path, "watchdog", WatchdogSection, watchdog_data)
+    for key in ("interval_s", "threshold_s", "check_timeout_s"):
+        _positive(path, f"watchdog.{key}", getattr(watchdog, key))
+    if watchdog.grace_s < 0:
+        raise ConfigError(path, "watchdog.grace_s", "must not be negative", "set it to 0 or more")
+    return AdminConfig(
+        path=path,
+        bridge_url=url,
+        admin_token_file=data["admin_token_file"],
+        ca_file=data.get("ca_file"),
+        watchdog=watchdog,
+    )
