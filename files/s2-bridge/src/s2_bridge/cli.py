@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the bridge server")
     serve.add_argument("--config", required=True, help="bridge config file (TOML)")
     serve.add_argument(
-        "--insecure-http", action="store_true", help="serve plain HTTP (tests on loopback only); ignores [tls]"
+        "--insecure-http",
+        action="store_true",
+        help="serve plain HTTP (tests on loopback only); ignores [tls]",
     )
 
     keepalive = sub.add_parser("keepalive", help="send heartbeats for one worker")
@@ -85,9 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     # httpx2 logs every request URL at INFO; keep the journal to our own lines.
     for noisy in ("httpx2", "httpcore2", "mcp", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

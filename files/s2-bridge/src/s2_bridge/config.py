@@ -124,8 +124,8 @@ def build_section(path: str, prefix: str, cls: type[T], data: Any) -> T:
     values: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
-        if key not in known or key == "path":
-            allowed = ", ".join(sorted(k for k in known if k != "path"))
+        if key not in known:
+            allowed = ", ".join(sorted(known))
             raise ConfigError(path, full, "unknown key", f"remove it or use one of: {allowed}")
         values[key] = _check_type(path, full, value, known[key].type)
     return cls(**values)
@@ -169,7 +169,13 @@ def _validate_bridge(config: BridgeConfig) -> None:
         raise ConfigError(path, "storage.backend", f"{config.storage.backend!r} is not supported", 'use "sqlite"')
     _positive(path, "conversations.default_ttl_s", config.conversations.default_ttl_s)
     _positive(path, "health.silent_after_s", config.health.silent_after_s)
-    for key in ("message_max_chars", "files_involved_max", "file_name_max_chars", "calls_per_s", "calls_burst"):
+    for key in (
+        "message_max_chars",
+        "files_involved_max",
+        "file_name_max_chars",
+        "calls_per_s",
+        "calls_burst",
+    ):
         _positive(path, f"limits.{key}", getattr(config.limits, key))
     _positive(path, "limits.auth_failures_per_min", config.limits.auth_failures_per_min)
 

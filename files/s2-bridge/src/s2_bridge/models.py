@@ -1,0 +1,142 @@
+"""The bridge's data shapes: what the store returns and what the tools answer with."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Side = Literal["coordinator", "worker"]
+ActionType = Literal["question", "info", "proposal", "blocked", "complete", "task_assignment"]
+AgentStatus = Literal["working", "waiting", "blocked", "complete", "idle"]
+TaskState = Literal["assigned", "in_progress", "done", "blocked"]
+WorkerTaskState = Literal["in_progress", "done", "blocked"]
+Health = Literal["healthy", "silent", "never_seen"]
+AlertKind = Literal["silent", "recovered", "never_seen"]
+
+OPEN_TASK_STATES: tuple[TaskState, ...] = ("assigned", "in_progress", "blocked")
+
+
+def iso(ts: float | None) -> str | None:
+    """Seconds since the epoch to ISO 8601 UTC, the format every result uses."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+class Conversation(BaseModel):
+    conversation_id: str
+    worker_id: str
+    coordinator_role: str
+    worker_role: str
+    created_at: str
+    expires_at: str
+    revoked: bool = False
+
+
+class ConversationCredentials(BaseModel):
+    """Only create/rotate return tokens, and only to the admin who asked."""
+
+    conversation_id: str
+    worker_id: str
+    worker_role: str
+    coordinator_token: str
+    worker_token: str
+    created_at: str
+    expires_at: str
+
+
+class ConversationList(BaseModel):
+    conversations: list[Conversation]
+
+
+class Revoked(BaseModel):
+    conversation_id: str
+    revoked_at: str
+
+
+class Message(BaseModel):
+    id: int
+    from_side: Side
+    from_role: str
+    action_type: ActionType
+    message: str
+    files_involved: list[str]
+    created_at: str
+
+
+class Sent(BaseModel):
+    message_id: int
+    conversation_id: str
+    redactions: int = Field(description="secret-looking strings replaced before storage")
+    created_at: str
+
+
+class Inbox(BaseModel):
+    messages: list[Message]
+    acked_through: int = Field(description="pass this as ack_through next time to mark these read")
+    unread: int = Field(description="unread messages after this batch")
+
+
+class WaitResult(BaseModel):
+    messages: list[Message]
+    timed_out: bool
+
+
+class StatusUpdate(BaseModel):
+    status: AgentStatus
+    updated_at: str
+
+
+class PartnerStatus(BaseModel):
+    partner_role: str
+    status: str | None
+    last_heartbeat_at: str | None
+    heartbeat_age_s: float | None
+    alive: bool
+
+
+class HeartbeatAck(BaseModel):
+    ok: bool = True
+    unread: int
+    server_time: str
+
+
+class WorkerHealth(BaseModel):
+    worker_id: str
+    worker_role: str
+    conversation_id: str
+    status: str | None
+    last_heartbeat_at: str | None
+    heartbeat_age_s: float | None
+    health: Health
+    open_tasks: int
+
+
+class FleetStatus(BaseModel):
+    workers: list[WorkerHealth]
+    silent_after_s: float
+    generated_at: str
+
+
+class Task(BaseModel):
+    task_id: int
+    worker_id: str
+    conversation_id: str
+    title: str
+    detail: str
+    state: TaskState
+    note: str
+    created_by: str
+    created_at: str
+    updated_at: str
+    reassigned_from: str | None = None
+
+
+class TaskList(BaseModel):
+    tasks: list[Task]
+
+
+class AlertRecorded(BaseModel):
+    audit_id: int

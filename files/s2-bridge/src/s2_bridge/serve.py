@@ -1,0 +1,102 @@
+"""`s2-bridge serve`: load the config, open the store, make sure the admin token file exists,
+then run uvicorn with TLS (plain HTTP only with --insecure-http)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+import uvicorn
+
+from s2_bridge import exitcodes, tokens
+from s2_bridge.app import BridgeApp
+from s2_bridge.config import BridgeConfig, load_bridge_config
+from s2_bridge.errors import ConfigError
+from s2_bridge.service import BridgeService
+from s2_bridge.store import Store, open_store
+
+log = logging.getLogger("s2_bridge.serve")
+
+
+def write_secret_file(path: str, content: str) -> None:
+    """Write a 0600 file atomically: a reader never sees it half-written or world-readable."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, content.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, target)
+
+
+def ensure_admin_token(store: Store, path: str) -> None:
+    """Keep a valid admin token file; otherwise make a new token and revoke every older one."""
+    file = Path(path)
+    if file.exists():
+        if file.stat().st_mode & 0o077:
+            file.chmod(0o600)
+            log.warning("%s was readable by others; set it to 0600", path)
+        token = file.read_text().strip()
+        record = store.lookup_token(tokens.token_hash(token)) if tokens.looks_like_token(token) else None
+        if record is not None and record.kind == "admin" and not record.revoked:
+            return
+        log.warning("%s does not hold the current admin token; issuing a new one", path)
+    token = tokens.new_token("admin")
+    store.replace_admin_token(tokens.token_hash(token), time.time())
+    write_secret_file(path, token + "\n")
+    log.info("wrote a new admin token to %s", path)
+
+
+def build(config: BridgeConfig) -> tuple[BridgeApp, Store]:
+    store = open_store(config.storage.backend, config.storage.path)
+    ensure_admin_token(store, config.auth.admin_token_file)
+    return BridgeApp(BridgeService(store, config)), store
+
+
+def uvicorn_config(app: BridgeApp, config: BridgeConfig, insecure_http: bool) -> uvicorn.Config:
+    tls: dict[str, str] = {}
+    if not insecure_http:
+        if config.tls is None:
+            raise ConfigError(
+                config.path,
+                "tls",
+                "is missing",
+                "add [tls] cert_file/key_file, or --insecure-http on loopback",
+            )
+        for key in ("cert_file", "key_file"):
+            value = getattr(config.tls, key)
+            if not Path(value).is_file():
+                raise ConfigError(config.path, f"tls.{key}", f"{value} does not exist", "point it at a PEM file")
+        tls = {"ssl_certfile": config.tls.cert_file, "ssl_keyfile": config.tls.key_file}
+    return uvicorn.Config(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_keep_alive=75,  # daemons keep one connection open between heartbeats
+        backlog=4096,
+        **tls,  # type: ignore[arg-type]
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_bridge_config(args.config)
+    if args.insecure_http:
+        log.warning("serving plain HTTP (--insecure-http): tokens cross the network in clear text")
+    app, store = build(config)
+    server = uvicorn.Server(uvicorn_config(app, config, args.insecure_http))
+    scheme = "http" if args.insecure_http else "https"
+    log.info("s2-bridge listening on %s://%s:%d/mcp", scheme, config.server.host, config.server.port)
+    try:
+        server.run()
+    finally:
+        store.close()
+    return exitcodes.OK if server.started else exitcodes.UNEXPECTED
