@@ -159,7 +159,7 @@ async def test_no_message_is_lost_or_duplicated_across_kill_and_restart(plain_br
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-async def test_per_caller_rate_limit(tmp_path, pki) -> None:  # noqa: ANN001
+async def test_per_caller_rate_limit(tmp_path, pki) -> None:
     bridge = Bridge(workdir=tmp_path, tls=None, extra_config="[limits]\ncalls_per_s = 0.5\ncalls_burst = 3\n")
     bridge.start()
     try:

@@ -54,7 +54,7 @@ async def test_task_lifecycle_and_reassignment(plain_bridge: Bridge) -> None:
         assert closed["error"]["field"] == "task_id"
 
 
-async def test_fleet_health_moves_from_never_seen_to_healthy_to_silent(tmp_path) -> None:  # noqa: ANN001
+async def test_fleet_health_moves_from_never_seen_to_healthy_to_silent(tmp_path) -> None:
     bridge = Bridge(workdir=tmp_path, tls=None, extra_config="[health]\nsilent_after_s = 1\n")
     bridge.start()
     try:

