@@ -1,0 +1,183 @@
+"""Secret redaction, applied to every message and every files_involved entry before storage.
+
+Each rule finds one kind of secret and replaces only the secret itself with `[REDACTED:<kind>]`,
+keeping the text around it (`password=` stays; a URL keeps its scheme, user and host), so a
+redacted message still reads. A key word on its own ("the secret sauce", "password policy") is
+never touched: the assignment rules need a separator and a value after the key word.
+
+Cost stays linear on 50,000-char adversarial input: every pattern starts at a literal or a
+short bounded prefix, token runs carry a left boundary so one run is tried once (not at each of
+its characters), and runs are possessive (`++`, Python 3.11+) so a failed match never backtracks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["RULES", "Rule", "redact_list", "redact_text"]
+
+# Groups whose name starts with this hold the secret; the rest of the match is kept as it is.
+_SECRET_GROUP_PREFIX = "secret"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One kind of secret: a precompiled pattern and the kind named in the marker."""
+
+    kind: str
+    pattern: re.Pattern[str]
+
+    @property
+    def marker(self) -> str:
+        return f"[REDACTED:{self.kind}]"
+
+    def apply(self, text: str) -> tuple[str, int]:
+        return self.pattern.subn(self._replace, text)
+
+    def _replace(self, match: re.Match[str]) -> str:
+        for name in match.re.groupindex:
+            if name.startswith(_SECRET_GROUP_PREFIX) and match.group(name) is not None:
+                start, end = match.span(name)
+                return match.string[match.start() : start] + self.marker + match.string[end : match.end()]
+        return self.marker
+
+
+def _rule(kind: str, pattern: str, flags: int = 0) -> Rule:
+    return Rule(kind, re.compile(pattern, flags))
+
+
+# A value that is a placeholder or a reference, not a secret: already redacted by an earlier
+# rule, ${VAR}, {{ jinja }}, <your key>, ***, null-ish and type words (`password: str`), or an
+# upper-case environment reference ($DB_PASSWORD).
+_NOT_A_VALUE = (
+    r"(?!\[REDACTED:|\$\{|\{\{|<|\*{3}"
+    r"|(?:null|none|nil|true|false|undefined|str|string|bytes|secretstr)\b"
+    r"|\$(?-i:[A-Z_][A-Z0-9_]*)\b)"
+)
+# A bare value that names another variable holding the secret (`password=self.password`,
+# `token=access_token`), as in code passing a secret along rather than spelling it out.
+_NOT_A_REFERENCE = r"(?!(?-i:(?:[a-z_.]{1,40}[_.])?(?:password|passwd|pwd|secret|token|key))(?![A-Za-z0-9]))"
+# Characters that end an unquoted value: whitespace, quotes, separators, brackets, backslash.
+_BARE_VALUE = r"""[^\s"'`,;&(){}\[\]<>\\]++"""
+# A quoted value runs to its closing quote (escapes allowed) or, if the quote never closes,
+# to the end of the line, so a cut-off value is still redacted.
+_DOUBLE_QUOTED = r'"' + _NOT_A_VALUE + r'(?P<secret_dq>(?:[^"\\\n]|\\.)++)"?'
+_SINGLE_QUOTED = r"'" + _NOT_A_VALUE + r"(?P<secret_sq>(?:[^'\\\n]|\\.)++)'?"
+
+
+def _assignment(kind: str, names: str) -> Rule:
+    """`NAME=value`, `NAME: value`, `"NAME": "value"`, `NAME => 'value'`, case-insensitive.
+
+    The name has no left boundary so prefixed names count (DB_PASSWORD, client_secret,
+    OPENAI_API_KEY); it must be followed directly by the separator, so `password_reset` or
+    `secrets:` are not names. A bare value followed by `(` or `[` is code (`get_password()`,
+    `os.environ["X"]`), not a secret.
+    """
+    pattern = (
+        rf"(?:{names})[\"']?[ \t]*(?::=|=>|==|[:=])[ \t]*"
+        rf"(?:{_DOUBLE_QUOTED}|{_SINGLE_QUOTED}"
+        rf"|{_NOT_A_VALUE}{_NOT_A_REFERENCE}(?P<secret_bare>{_BARE_VALUE})(?![(\[]))"
+    )
+    return _rule(kind, pattern, re.IGNORECASE)
+
+
+# Order matters: specific token shapes run first so the marker names the real kind; the
+# generic rules after them (header, bearer, assignments) skip values already redacted.
+RULES: tuple[Rule, ...] = (
+    # PEM private key block (RSA, EC, DSA, OPENSSH, ENCRYPTED, PKCS#8, PGP), BEGIN to END over
+    # many lines. The body stops at the next BEGIN so a run of unterminated BEGINs stays linear;
+    # an unterminated block takes the base64 lines that follow it (a pasted, cut-off key).
+    _rule(
+        "private_key",
+        r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
+        r"(?:(?:[^-]|-(?!----(?:END|BEGIN)))*+-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
+        r"|[A-Za-z0-9+/=\r\n]*+)",
+    ),
+    # JSON Web Token: base64url header starting `eyJ` (`{"`), payload and signature.
+    _rule(
+        "jwt",
+        r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]{8,}+",
+    ),
+    # This project's bridge tokens: s2a_ (admin), s2c_ (coordinator), s2w_ (worker) + 43 base64url.
+    _rule("s2_token", r"(?<![A-Za-z0-9_\-])s2[acw]_[A-Za-z0-9_\-]{43,}+"),
+    # Anthropic API and admin keys: sk-ant-api03-..., sk-ant-admin01-...
+    _rule("anthropic_key", r"(?<![A-Za-z0-9])sk-ant-[a-z]{2,10}[0-9]{2}-[A-Za-z0-9_\-]{20,}+"),
+    # OpenAI-style keys: sk-<48>, sk-proj-..., sk-svcacct-..., sk-admin-... A real key mixes in
+    # capitals or digits early; requiring one keeps lower-case slugs (sk-learn-...) out.
+    _rule(
+        "openai_key",
+        r"(?<![A-Za-z0-9])sk-(?=[a-z_\-]{0,64}[A-Z0-9])[A-Za-z0-9_\-]{20,}+",
+    ),
+    # GitHub tokens: ghp_ (classic PAT), gho_ (OAuth), ghu_/ghs_ (app), ghr_ (refresh), and
+    # fine-grained github_pat_...
+    _rule(
+        "github_token",
+        r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{30,}+|github_pat_[A-Za-z0-9_]{22,}+)",
+    ),
+    # AWS access key ids: AKIA (long-term) or ASIA (temporary) + 16 upper-case alphanumerics.
+    _rule("aws_access_key_id", r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
+    # Slack tokens: xoxa-, xoxb- (bot), xoxp- (user), xoxr- (refresh), xoxs- (session).
+    _rule("slack_token", r"(?<![A-Za-z0-9])xox[abprs]-[A-Za-z0-9\-]{10,}+"),
+    # Google API keys: AIza + 35 base64url characters.
+    _rule("google_api_key", r"(?<![A-Za-z0-9_\-])AIza[A-Za-z0-9_\-]{35}"),
+    # Stripe secret and restricted keys (live or test mode); publishable pk_ keys are public.
+    _rule("stripe_key", r"(?<![A-Za-z0-9])[rs]k_(?:live|test)_[A-Za-z0-9]{16,}+"),
+    # Hugging Face access tokens: hf_ + 30 or more alphanumerics (no underscores, unlike names).
+    _rule("huggingface_token", r"(?<![A-Za-z0-9_])hf_[A-Za-z0-9]{30,}+"),
+    # npm access tokens: npm_ + 36 alphanumerics.
+    _rule("npm_token", r"(?<![A-Za-z0-9_])npm_[A-Za-z0-9]{36}"),
+    # Password in a URL's userinfo: scheme://user:PASSWORD@host (user may be empty).
+    _rule(
+        "url_password",
+        r"(?<![a-z0-9+.\-])[a-z][a-z0-9+.\-]{0,30}://[^\s:/?#@]*+:"
+        r"(?!\[REDACTED:)(?P<secret>[^\s/?#@]++)@",
+        re.IGNORECASE,
+    ),
+    # HTTP Authorization (or Proxy-Authorization) header with a Bearer, token or Basic
+    # credential of 8+ characters; shorter words are placeholders such as `Bearer TOKEN`.
+    _rule(
+        "auth_header",
+        r"authorization[\"']?[ \t]*[:=][ \t]*[\"']?(?:bearer|token|basic)[ \t]+"
+        r"(?!\[REDACTED:)(?P<secret>[A-Za-z0-9._~+/\-]{8,}+=*)",
+        re.IGNORECASE,
+    ),
+    # A bare `Bearer <token>` outside a header: the token is 20+ characters and has a capital or
+    # a digit early on, which prose after "bearer" (`Bearer of bad news`) does not.
+    _rule(
+        "bearer_token",
+        r"(?<![A-Za-z0-9])bearer[ \t]+(?!\[REDACTED:)(?![/.])"
+        r"(?=(?-i:[a-z._~+/\-]{0,63}[A-Z0-9]))(?P<secret>[A-Za-z0-9._~+/\-]{20,}+=*)",
+        re.IGNORECASE,
+    ),
+    # aws_secret_access_key = <value> (also AWS_SECRET_ACCESS_KEY, secret_access_key).
+    _assignment("aws_secret_key", r"secret[_\-]?access[_\-]?key"),
+    # password=, passwd:, passphrase=, pwd= (pwd not inside a word: OLDPWD is a directory).
+    _assignment("password", r"passw(?:or)?d|passphrase|(?<![A-Za-z])pwd"),
+    # api_key:, apikey=, api-key (X-API-Key header), access_key=.
+    _assignment("api_key", r"api[_\-]?key|access[_\-]?key"),
+    # secret=, client_secret:, secret_key=, private_key=.
+    _assignment("secret", r"secret(?:[_\-]?key)?|private[_\-]?key"),
+    # token=, access_token=, auth_token=, refresh_token=, id_token= ...
+    _assignment("token", r"token"),
+)
+
+
+def redact_text(text: str) -> tuple[str, int]:
+    """Return `text` with every secret replaced by `[REDACTED:<kind>]`, and how many were."""
+    total = 0
+    for rule in RULES:
+        text, count = rule.apply(text)
+        total += count
+    return text, total
+
+
+def redact_list(items: list[str]) -> tuple[list[str], int]:
+    """Redact each entry on its own (files_involved), so the result is still a list of strings."""
+    redacted: list[str] = []
+    total = 0
+    for item in items:
+        text, count = redact_text(item)
+        redacted.append(text)
+        total += count
+    return redacted, total
