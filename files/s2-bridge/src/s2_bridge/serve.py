@@ -59,7 +59,8 @@ def build(config: BridgeConfig) -> tuple[BridgeApp, Store]:
     return BridgeApp(BridgeService(store, config)), store
 
 
-def uvicorn_config(app: BridgeApp, config: BridgeConfig, insecure_http: bool) -> uvicorn.Config:
+def tls_options(config: BridgeConfig, insecure_http: bool) -> dict[str, str]:
+    """uvicorn's TLS options, checked before anything is created on disk."""
     tls: dict[str, str] = {}
     if not insecure_http:
         if config.tls is None:
@@ -74,6 +75,10 @@ def uvicorn_config(app: BridgeApp, config: BridgeConfig, insecure_http: bool) ->
             if not Path(value).is_file():
                 raise ConfigError(config.path, f"tls.{key}", f"{value} does not exist", "point it at a PEM file")
         tls = {"ssl_certfile": config.tls.cert_file, "ssl_keyfile": config.tls.key_file}
+    return tls
+
+
+def uvicorn_config(app: BridgeApp, config: BridgeConfig, tls: dict[str, str]) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=config.server.host,
@@ -91,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
     config = load_bridge_config(args.config)
     if args.insecure_http:
         log.warning("serving plain HTTP (--insecure-http): tokens cross the network in clear text")
+    tls = tls_options(config, args.insecure_http)
     app, store = build(config)
-    server = uvicorn.Server(uvicorn_config(app, config, args.insecure_http))
+    server = uvicorn.Server(uvicorn_config(app, config, tls))
     scheme = "http" if args.insecure_http else "https"
     log.info("s2-bridge listening on %s://%s:%d/mcp", scheme, config.server.host, config.server.port)
     try:
