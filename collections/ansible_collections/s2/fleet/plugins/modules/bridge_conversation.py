@@ -1,0 +1,595 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, S2 fleet maintainers
+# MIT License (see LICENSE in the collection root)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: bridge_conversation
+short_description: Create, keep, rotate and revoke one worker's conversation on the s2 bridge
+version_added: 0.1.0
+description:
+  - Makes sure a worker has exactly one live conversation on the s2 MCP bridge and that the orchestrator
+    holds its credentials file, C(<credentials_dir>/s2-worker-<worker_id>-credentials.json).
+  - Runs on the orchestrator host (delegate to it when provisioning a single worker). It reads the admin
+    token from O(admin_token_file) there and calls the bridge's admin tools (C(list_conversations),
+    C(create_conversation), C(rotate_conversation), C(revoke_conversation)) over MCP.
+  - With O(state=present) the module is idempotent. It keeps the conversation in the file while the bridge
+    lists it as live and it has at least O(min_lifetime_s) seconds left. With less life left it rotates it
+    (same conversation id, new tokens; the bridge refuses the old ones). Without a file it creates one.
+    When the bridge already has a live conversation for the worker whose tokens are lost, it rotates that
+    one rather than leaving an orphan that would show up as a silent worker.
+  - Any other live conversation for the same O(worker_id) is revoked, so the fleet status shows one
+    conversation per worker. A conversation whose roles differ from O(my_role) and O(partner_role) is
+    replaced (a new one is created and the old one revoked).
+  - The credentials file is written atomically (temporary file and rename), mode 0600, in a 0700 directory.
+    It holds both tokens, the fields of the s2 credentials contract (C(conversation_id), C(worker_id),
+    C(worker_role), C(coordinator_token), C(worker_token), C(created_at), C(expires_at), C(bridge_url),
+    C(ca_file)).
+  - No token ever appears in the module's result, diff, warnings or error messages, nor on a command line.
+author:
+  - S2 fleet maintainers (@s2-fleet)
+extends_documentation_fragment:
+  - s2.fleet.bridge
+options:
+  my_role:
+    description:
+      - Role of the coordinator side of the conversation (the orchestrator agent), 3 to 100 characters.
+    type: str
+    default: s2-orchestrator
+  partner_role:
+    description:
+      - Role of the worker side, for example V(tests) or V(frontend), 3 to 100 characters.
+      - Required when O(state=present) or O(state=rotated).
+    type: str
+  worker_id:
+    description:
+      - Identifier of the worker, for example V(3). Letters, digits, C(.), C(_) and C(-); it names the
+        credentials file.
+    type: str
+    required: true
+  ttl_s:
+    description:
+      - Lifetime in seconds of a conversation this module creates or rotates.
+    type: int
+    default: 2592000
+  min_lifetime_s:
+    description:
+      - With O(state=present), rotate the conversation when it has less than this many seconds left.
+      - Must be smaller than O(ttl_s), or every run would rotate.
+    type: int
+    default: 604800
+  state:
+    description:
+      - V(present) keeps a live conversation and its credentials file, creating or rotating only when needed.
+      - V(rotated) always rotates (creates when there is none). It always reports a change.
+      - V(absent) revokes the worker's conversations and removes the credentials file.
+    type: str
+    choices: [present, absent, rotated]
+    default: present
+  credentials_dir:
+    description:
+      - Directory for the orchestrator's copy of the credentials files. Created with mode 0700 when missing.
+    type: path
+    default: /var/lib/s2-fleet/credentials
+  owner:
+    description:
+      - User that owns the credentials file and directory (the orchestrator's agent user).
+      - When omitted, the user the module runs as.
+    type: str
+  group:
+    description:
+      - Group of the credentials file and directory. When omitted, the primary group of the user the module
+        runs as (or unchanged for an existing file).
+    type: str
+  ca_file_for_workers:
+    description:
+      - CA path written into the credentials file as C(ca_file), the path workers find the fleet CA at.
+    type: str
+    default: /etc/s2-fleet/ca.crt
+attributes:
+  check_mode:
+    support: full
+    description: In check mode the module only reads (C(list_conversations) and the credentials file) and
+      reports what it would do.
+  diff_mode:
+    support: full
+    description: The diff shows the conversation metadata before and after (id, worker, roles, expiry), never
+      a token.
+  platform:
+    platforms: posix
+    support: full
+    description: Runs on the orchestrator host, where the admin token file is.
+notes:
+  - The credentials role pushes each worker its own copy of the file, without the coordinator token.
+seealso:
+  - module: s2.fleet.fleet_status_info
+'''
+
+EXAMPLES = r'''
+- name: Worker 3 has a conversation with at least a week of life left
+  s2.fleet.bridge_conversation:
+    bridge_url: https://orchestrator.example:8443/mcp
+    ca_path: /etc/s2-bridge/tls/ca.crt
+    worker_id: "3"
+    partner_role: tests
+    owner: agent
+  become: true
+  register: conv
+
+- name: Provision one worker alone; the call runs on the orchestrator
+  s2.fleet.bridge_conversation:
+    bridge_url: "{{ s2_bridge_url }}"
+    ca_path: /etc/s2-bridge/tls/ca.crt
+    worker_id: "{{ s2_worker_id }}"
+    partner_role: "{{ s2_worker_role }}"
+  delegate_to: "{{ groups['orchestrator'][0] }}"
+  become: true
+
+- name: Rotate the tokens now (the old ones stop working)
+  s2.fleet.bridge_conversation:
+    bridge_url: https://orchestrator.example:8443/mcp
+    ca_path: /etc/s2-bridge/tls/ca.crt
+    worker_id: "3"
+    partner_role: tests
+    state: rotated
+  become: true
+
+- name: Retire worker 3
+  s2.fleet.bridge_conversation:
+    bridge_url: https://orchestrator.example:8443/mcp
+    ca_path: /etc/s2-bridge/tls/ca.crt
+    worker_id: "3"
+    state: absent
+  become: true
+'''
+
+RETURN = r'''
+action:
+  description:
+    - What the module did (or would do in check mode).
+    - V(created) a new conversation, V(rotated) new tokens for the same conversation, V(updated) the
+      credentials file only (bridge URL, CA path or permissions), V(unchanged), V(revoked) the conversation
+      and removed the file, V(absent) nothing to remove.
+  returned: always
+  type: str
+  sample: created
+conversation_id:
+  description: The worker's conversation (for O(state=absent), the one revoked). Null when unknown (check mode
+    before a creation, or nothing found).
+  returned: always
+  type: str
+  sample: conv_0123456789abcdef
+worker_id:
+  description: The worker's identifier.
+  returned: always
+  type: str
+  sample: "3"
+worker_role:
+  description: The worker side's role.
+  returned: always
+  type: str
+  sample: tests
+expires_at:
+  description: When the conversation's tokens expire (ISO 8601, UTC). In check mode, an estimate for a
+    creation or rotation.
+  returned: always
+  type: str
+  sample: "2026-12-24T01:00:00+00:00"
+credentials_path:
+  description: The orchestrator's credentials file for this worker.
+  returned: always
+  type: str
+  sample: /var/lib/s2-fleet/credentials/s2-worker-3-credentials.json
+revoked_conversation_ids:
+  description: Conversations revoked by this run (duplicates, replaced ones, or all for O(state=absent)).
+  returned: always
+  type: list
+  elements: str
+  sample: []
+'''
+
+import datetime
+import grp
+import json
+import os
+import pwd
+import re
+import stat
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import (
+    BRIDGE_ARGUMENT_SPEC,
+    BridgeError,
+    client_for_module,
+    ensure_mcp,
+    fail_with_bridge_error,
+    redact,
+)
+
+WORKER_ID_PATTERN = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$')
+
+# The credentials contract (docs/CONTRACTS.md), in the order the file lists them.
+CREDENTIAL_FIELDS = ('conversation_id', 'worker_id', 'worker_role', 'coordinator_token', 'worker_token',
+                     'created_at', 'expires_at', 'bridge_url', 'ca_file')
+TOKEN_FIELDS = ('coordinator_token', 'worker_token')
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+UTC = datetime.timezone.utc
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class ConversationError(Exception):
+    """A failure the module reports as is; changed tells whether the bridge or a file was modified first."""
+
+    def __init__(self, msg, changed=False):
+        super(ConversationError, self).__init__(msg)
+        self.changed = changed
+
+
+def credentials_path(credentials_dir, worker_id):
+    return os.path.join(credentials_dir, 's2-worker-%s-credentials.json' % worker_id)
+
+
+def utcnow():
+    return datetime.datetime.now(UTC)
+
+
+def parse_time(value):
+    """Aware datetime from ISO 8601 text (Z or an offset; naive means UTC), or None."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if text.endswith(('Z', 'z')):
+        text = text[:-1] + '+00:00'
+    try:
+        parsed = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def iso(moment):
+    return moment.astimezone(UTC).isoformat(timespec='seconds')
+
+
+def resolve_ids(owner, group):
+    """(uid, gid) for chown; -1 leaves that id alone."""
+    uid = gid = -1
+    if owner:
+        try:
+            uid = int(owner) if owner.isdigit() else pwd.getpwnam(owner).pw_uid
+        except KeyError:
+            raise ConversationError('owner %s: no such user on this host' % owner) from None
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConversationError('group %s: no such group on this host' % group) from None
+    return uid, gid
+
+
+def read_credentials(path):
+    """The parsed credentials file when it is a usable orchestrator copy (both tokens), else None."""
+    if not os.path.isfile(path) or os.path.islink(path):
+        return None
+    try:
+        with open(path, 'r') as f:
+            data = json.load(f)
+    except (IOError, OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get('conversation_id'), str):
+        return None
+    if not all(isinstance(data.get(name), str) and data.get(name) for name in TOKEN_FIELDS):
+        return None
+    return data
+
+
+def _owned_as_wanted(st, uid, gid):
+    return (uid == -1 or st.st_uid == uid) and (gid == -1 or st.st_gid == gid)
+
+
+def file_needs_fix(path, uid, gid):
+    """True when path is not a regular 0600 file with the wanted owner and group."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return True
+    return (not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != FILE_MODE
+            or not _owned_as_wanted(st, uid, gid))
+
+
+def directory_needs_fix(path, uid, gid):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return True
+    return (st.st_mode & 0o7777) != DIR_MODE or not _owned_as_wanted(st, uid, gid)
+
+
+def ensure_directory(path, uid, gid):
+    if not os.path.isdir(path):
+        os.makedirs(path, DIR_MODE)
+    st = os.stat(path)
+    if (st.st_mode & 0o7777) != DIR_MODE:
+        os.chmod(path, DIR_MODE)
+    if not _owned_as_wanted(st, uid, gid):
+        os.chown(path, uid, gid)
+
+
+def write_credentials(path, content, uid, gid):
+    """Write content as JSON to path atomically: a 0600 temporary file in the same directory, then rename."""
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(path), suffix='.tmp', dir=directory)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        if uid != -1 or gid != -1:
+            os.fchown(fd, uid, gid)
+        with os.fdopen(fd, 'w') as f:
+            f.write(json.dumps(content, indent=2) + '\n')
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def describe(conv=None, data=None, path=None):
+    """Diff metadata of a conversation and/or its credentials file: never a token."""
+    out = {}
+    if data:
+        for name in ('conversation_id', 'worker_id', 'worker_role', 'expires_at'):
+            out[name] = data.get(name)
+    if conv:
+        out.update(conversation_id=conv.get('conversation_id'), worker_id='%s' % conv.get('worker_id'),
+                   coordinator_role=conv.get('coordinator_role'), worker_role=conv.get('worker_role'),
+                   expires_at=conv.get('expires_at'))
+    if out and path:
+        out['credentials_path'] = path
+    return out
+
+
+def _new_credentials(issued, params, tool):
+    """The credentials file content from a create/rotate result; BridgeError when a field is missing."""
+    missing = [name for name in ('conversation_id', 'expires_at') + TOKEN_FIELDS
+               if not isinstance(issued.get(name), str) or not issued.get(name)]
+    if missing:
+        raise BridgeError('%s result lacks %s' % (tool, ', '.join(missing)), code='bad_result', tool=tool,
+                          fix='the bridge and this collection disagree on the tool contract: upgrade both')
+    values = {
+        'conversation_id': issued['conversation_id'],
+        'worker_id': '%s' % (issued.get('worker_id') or params['worker_id']),
+        'worker_role': issued.get('worker_role') or params['partner_role'],
+        'coordinator_token': issued['coordinator_token'],
+        'worker_token': issued['worker_token'],
+        'created_at': issued.get('created_at'),
+        'expires_at': issued['expires_at'],
+        'bridge_url': params['bridge_url'],
+        'ca_file': params['ca_file_for_workers'],
+    }
+    return {name: values[name] for name in CREDENTIAL_FIELDS}
+
+
+def plan(params, conversations, data, file_ok, now):
+    """Decide what to do: (action, target, revoke) from the bridge's live conversations and the file.
+
+    action: created, rotated, updated, unchanged (present/rotated) or revoked, absent (absent).
+    target: the live conversation kept or rotated (None for created/absent).
+    revoke: the live conversations to revoke.
+    """
+    state = params['state']
+    worker_id = params['worker_id']
+    live = [c for c in conversations
+            if isinstance(c, dict) and not c.get('revoked') and '%s' % c.get('worker_id') == worker_id]
+    live.sort(key=lambda c: parse_time(c.get('created_at')) or EPOCH, reverse=True)  # newest first
+    file_conv = None
+    if data:
+        file_conv = next((c for c in live if c.get('conversation_id') == data['conversation_id']), None)
+
+    if state == 'absent':
+        file_exists = os.path.lexists(credentials_path(params['credentials_dir'], worker_id))
+        return ('revoked' if live or file_exists else 'absent'), None, live
+
+    def roles_ok(conv):
+        return conv.get('coordinator_role') == params['my_role'] and conv.get('worker_role') == params['partner_role']
+
+    target = file_conv
+    if target is None and live:
+        target = next((c for c in live if roles_ok(c)), live[0])
+    revoke = [c for c in live if c is not target]
+    if target is not None and not roles_ok(target):
+        revoke.append(target)
+        target = None
+
+    if target is None:
+        return 'created', None, revoke
+    if state == 'rotated' or target is not file_conv:
+        return 'rotated', target, revoke
+    bridge_expiry = parse_time(target.get('expires_at'))
+    if bridge_expiry is None:
+        raise BridgeError('list_conversations gave no expires_at for %s' % target.get('conversation_id'),
+                          code='bad_result', tool='list_conversations')
+    if parse_time(data.get('expires_at')) != bridge_expiry:
+        # The file holds tokens of an older generation (a rotation whose file write was lost).
+        return 'rotated', target, revoke
+    if (bridge_expiry - now).total_seconds() < params['min_lifetime_s']:
+        return 'rotated', target, revoke
+    if not file_ok or desired_from_file(data, params) != data:
+        return 'updated', target, revoke
+    return 'unchanged', target, revoke
+
+
+def desired_from_file(data, params):
+    """The file's content with the settings this run asks for (same tokens)."""
+    values = dict(data)
+    values.update(worker_id=params['worker_id'], bridge_url=params['bridge_url'], ca_file=params['ca_file_for_workers'])
+    return {name: values.get(name) for name in CREDENTIAL_FIELDS}
+
+
+def converge(params, call, check_mode=False, on_secret=None, now=None):
+    """Bring one worker's conversation and credentials file to params['state'].
+
+    params: the module's parameters.  call(tool, arguments) -> dict calls an admin tool on the bridge
+    (BridgeClient.call).  on_secret(value) is told every token this run reads or receives (the module
+    registers them as no_log values).  Returns the module result plus a 'diff' key; holds no token.
+    """
+    now = now or utcnow()
+    on_secret = on_secret or (lambda value: None)
+    worker_id = params['worker_id']
+    path = credentials_path(params['credentials_dir'], worker_id)
+    uid, gid = resolve_ids(params.get('owner'), params.get('group'))
+
+    listing = call('list_conversations', {'include_revoked': False})
+    conversations = listing.get('conversations')
+    if not isinstance(conversations, list):
+        raise BridgeError('list_conversations returned no conversations list', code='bad_result',
+                          tool='list_conversations')
+    data = read_credentials(path)
+    for name in TOKEN_FIELDS:
+        if data and data.get(name):
+            on_secret(data[name])
+    file_ok = data is not None and not file_needs_fix(path, uid, gid) and not directory_needs_fix(
+        params['credentials_dir'], uid, gid)
+
+    action, target, revoke = plan(params, conversations, data, file_ok, now)
+    before_conv = target if target is not None else (revoke[0] if revoke else None)
+    before = describe(before_conv, data, path if data else None)
+    revoked_ids = [c.get('conversation_id') for c in revoke]
+
+    result = {'action': action, 'worker_id': worker_id, 'credentials_path': path,
+              'revoked_conversation_ids': revoked_ids}
+    changed = action not in ('unchanged', 'absent') or bool(revoke)
+    mutated = []
+
+    def fail_after(err):
+        if not mutated:
+            raise err
+        raise ConversationError('%s (after %s had already been done)' % (err, ', '.join(mutated)), changed=True)
+
+    def revoke_all():
+        for conv in revoke:
+            if not check_mode:
+                call('revoke_conversation', {'conversation_id': conv.get('conversation_id')})
+                mutated.append('revoke_conversation %s' % conv.get('conversation_id'))
+
+    after = {}
+    issued = None
+    try:
+        if action == 'created':
+            # The bridge allows one live conversation per worker: a replaced one goes first.
+            revoke_all()
+        if action in ('created', 'rotated'):
+            if check_mode:
+                expires = iso(now + datetime.timedelta(seconds=params['ttl_s']))
+                conv = dict(target or {}, worker_id=worker_id, coordinator_role=params['my_role'],
+                            worker_role=params['partner_role'], expires_at=expires)
+                if target is None:
+                    conv['conversation_id'] = None
+                after = describe(conv, None, path)
+            else:
+                if action == 'created':
+                    tool = 'create_conversation'
+                    issued = call(tool, {'my_role': params['my_role'], 'partner_role': params['partner_role'],
+                                             'worker_id': worker_id, 'ttl_s': params['ttl_s']})
+                else:
+                    tool = 'rotate_conversation'
+                    issued = call(tool, {'conversation_id': target['conversation_id'], 'ttl_s': params['ttl_s']})
+                for name in TOKEN_FIELDS:
+                    if isinstance(issued.get(name), str) and issued.get(name):
+                        on_secret(issued[name])
+                mutated.append('%s %s' % (tool, issued.get('conversation_id')))
+                content = _new_credentials(issued, params, tool)
+                ensure_directory(params['credentials_dir'], uid, gid)
+                write_credentials(path, content, uid, gid)
+                mutated.append('writing %s' % path)
+                after = describe(dict(issued, coordinator_role=issued.get('coordinator_role', params['my_role'])),
+                                 None, path)
+        elif action in ('updated', 'unchanged'):
+            if action == 'updated' and not check_mode:
+                ensure_directory(params['credentials_dir'], uid, gid)
+                write_credentials(path, desired_from_file(data, params), uid, gid)
+                mutated.append('writing %s' % path)
+            after = describe(target, desired_from_file(data, params), path)
+
+        if action != 'created':
+            revoke_all()
+
+        if action == 'revoked' and os.path.lexists(path) and not check_mode:
+            os.remove(path)
+            mutated.append('removing %s' % path)
+    except (BridgeError, IOError, OSError) as err:
+        fail_after(err)
+
+    if action in ('revoked', 'absent'):
+        gone = (data or {}).get('conversation_id') or (revoked_ids[0] if revoked_ids else None)
+        result.update(conversation_id=gone, worker_role=(data or {}).get('worker_role') or (
+            revoke[0].get('worker_role') if revoke else None), expires_at=None)
+    else:
+        result.update(conversation_id=after.get('conversation_id'), worker_role=after.get('worker_role'),
+                      expires_at=after.get('expires_at'))
+    result['changed'] = changed
+    result['diff'] = {'before': before, 'after': after}
+    return result
+
+
+def argument_spec():
+    spec = dict(BRIDGE_ARGUMENT_SPEC)
+    spec.update(
+        my_role={'type': 'str', 'default': 's2-orchestrator'},
+        partner_role={'type': 'str'},
+        worker_id={'type': 'str', 'required': True},
+        ttl_s={'type': 'int', 'default': 2592000},
+        min_lifetime_s={'type': 'int', 'default': 604800},
+        state={'type': 'str', 'default': 'present', 'choices': ['present', 'absent', 'rotated']},
+        credentials_dir={'type': 'path', 'default': '/var/lib/s2-fleet/credentials'},
+        owner={'type': 'str'},
+        group={'type': 'str'},
+        ca_file_for_workers={'type': 'str', 'default': '/etc/s2-fleet/ca.crt'},
+    )
+    return spec
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(),
+        required_if=[('state', 'present', ['partner_role']), ('state', 'rotated', ['partner_role'])],
+        supports_check_mode=True,
+    )
+    params = module.params
+    if not WORKER_ID_PATTERN.match(params['worker_id']):
+        module.fail_json(msg='worker_id %r: use 1-64 letters, digits, ".", "_" or "-" (it names the credentials file)'
+                         % params['worker_id'])
+    if params['ttl_s'] <= 0:
+        module.fail_json(msg='ttl_s must be positive')
+    if params['min_lifetime_s'] < 0 or (params['state'] == 'present' and params['min_lifetime_s'] >= params['ttl_s']):
+        module.fail_json(msg='min_lifetime_s must be between 0 and ttl_s (%s), or every run would rotate'
+                         % params['ttl_s'])
+
+    ensure_mcp(module)
+    try:
+        client = client_for_module(module)
+        result = converge(params, client.call, check_mode=module.check_mode, on_secret=module.no_log_values.add)
+    except BridgeError as err:
+        fail_with_bridge_error(module, err, changed=False)
+    except ConversationError as err:
+        module.fail_json(msg=redact(err), changed=err.changed)
+    except (IOError, OSError) as err:
+        module.fail_json(msg=redact('credentials file: %s' % err))
+
+    diff = result.pop('diff')
+    if module._diff:
+        result['diff'] = diff
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

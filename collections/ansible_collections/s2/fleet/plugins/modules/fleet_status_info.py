@@ -1,0 +1,192 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, S2 fleet maintainers
+# MIT License (see LICENSE in the collection root)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: fleet_status_info
+short_description: Read the health of every worker from the s2 bridge
+version_added: 0.1.0
+description:
+  - Calls the bridge's C(fleet_status) tool as the admin and returns one entry per worker conversation
+    (role, status, last heartbeat, health, open tasks), a printable table and whether every worker is healthy.
+  - Runs on the orchestrator host, where O(admin_token_file) is. It only reads.
+author:
+  - S2 fleet maintainers (@s2-fleet)
+extends_documentation_fragment:
+  - s2.fleet.bridge
+attributes:
+  check_mode:
+    support: full
+    description: The module only reads, so it runs the same in check mode.
+  diff_mode:
+    support: none
+    description: The module changes nothing, so it has no diff.
+  platform:
+    platforms: posix
+    support: full
+    description: Runs on the orchestrator host, where the admin token file is.
+seealso:
+  - module: s2.fleet.bridge_conversation
+'''
+
+EXAMPLES = r'''
+- name: Read the fleet's health
+  s2.fleet.fleet_status_info:
+    bridge_url: https://orchestrator.example:8443/mcp
+    ca_path: /etc/s2-bridge/tls/ca.crt
+  become: true
+  register: fleet
+
+- name: Show the table
+  ansible.builtin.debug:
+    msg: "{{ fleet.table }}"
+
+- name: Fail when a worker is silent or was never seen
+  ansible.builtin.assert:
+    that: fleet.all_healthy
+    fail_msg: "{{ fleet.table | join('\n') }}"
+'''
+
+RETURN = r'''
+workers:
+  description: One entry per live worker conversation, as the bridge's C(fleet_status) tool returns it.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    worker_id:
+      description: The worker's identifier.
+      type: str
+      sample: "3"
+    worker_role:
+      description: The worker side's role.
+      type: str
+      sample: tests
+    conversation_id:
+      description: The worker's conversation.
+      type: str
+      sample: conv_0123456789abcdef
+    status:
+      description: The worker's last reported status (working, waiting, blocked, complete, idle), or null.
+      type: str
+      sample: working
+    last_heartbeat_at:
+      description: Time of the last heartbeat (ISO 8601), null when never seen.
+      type: str
+      sample: "2026-11-24T01:00:00+00:00"
+    heartbeat_age_s:
+      description: Seconds since the last heartbeat, null when never seen.
+      type: float
+      sample: 4.2
+    health:
+      description: V(healthy), V(silent) (no heartbeat for longer than RV(silent_after_s)) or V(never_seen).
+      type: str
+      sample: healthy
+    open_tasks:
+      description: Tasks assigned to the worker that are not done.
+      type: int
+      sample: 1
+  sample: []
+table:
+  description: The same data as printable lines, a header line first (worker, role, status, health, heartbeat
+    age, open tasks).
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - "WORKER  ROLE   STATUS   HEALTH   HEARTBEAT  OPEN TASKS"
+    - "3       tests  working  healthy  4s         1"
+all_healthy:
+  description: True when the bridge lists at least one worker and every one is healthy.
+  returned: always
+  type: bool
+  sample: true
+silent_after_s:
+  description: Heartbeat age after which the bridge calls a worker silent.
+  returned: always
+  type: int
+  sample: 45
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import (
+    BRIDGE_ARGUMENT_SPEC,
+    BridgeError,
+    client_for_module,
+    ensure_mcp,
+    fail_with_bridge_error,
+)
+
+COLUMNS = (('WORKER', 'worker_id'), ('ROLE', 'worker_role'), ('STATUS', 'status'), ('HEALTH', 'health'),
+           ('HEARTBEAT', 'heartbeat_age_s'), ('OPEN TASKS', 'open_tasks'))
+
+
+def format_age(age):
+    """Heartbeat age as text: '-' when never seen, else seconds, minutes, hours or days."""
+    if age is None:
+        return '-'
+    age = float(age)
+    if age < 120:
+        return '%ds' % age
+    if age < 7200:
+        return '%dm' % (age // 60)
+    if age < 172800:
+        return '%dh' % (age // 3600)
+    return '%dd' % (age // 86400)
+
+
+def _cell(worker, key):
+    value = worker.get(key)
+    if key == 'heartbeat_age_s':
+        return format_age(value)
+    return '-' if value is None or value == '' else '%s' % value
+
+
+def _sort_key(worker):
+    worker_id = '%s' % worker.get('worker_id')
+    return (0, int(worker_id), '') if worker_id.isdigit() else (1, 0, worker_id)
+
+
+def make_table(workers):
+    """Printable lines: a header, then one line per worker in worker_id order, columns aligned."""
+    rows = [[title for title, _key in COLUMNS]]
+    rows.extend([_cell(w, key) for _title, key in COLUMNS] for w in workers)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    return ['  '.join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+
+
+def fleet_status(call):
+    """The module result (without 'changed') from the bridge's fleet_status tool; call is BridgeClient.call."""
+    answer = call('fleet_status', {})
+    workers = answer.get('workers')
+    if not isinstance(workers, list) or not all(isinstance(w, dict) for w in workers):
+        raise BridgeError('fleet_status returned no workers list', code='bad_result', tool='fleet_status',
+                          fix='the bridge and this collection disagree on the tool contract: upgrade both')
+    workers = sorted(workers, key=_sort_key)
+    return {
+        'workers': workers,
+        'table': make_table(workers),
+        'all_healthy': bool(workers) and all(w.get('health') == 'healthy' for w in workers),
+        'silent_after_s': answer.get('silent_after_s'),
+    }
+
+
+def main():
+    module = AnsibleModule(argument_spec=dict(BRIDGE_ARGUMENT_SPEC), supports_check_mode=True)
+    ensure_mcp(module)
+    try:
+        client = client_for_module(module)
+        result = fleet_status(client.call)
+    except BridgeError as err:
+        fail_with_bridge_error(module, err, changed=False)
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == '__main__':
+    main()

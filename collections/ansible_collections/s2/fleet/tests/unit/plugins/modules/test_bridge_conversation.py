@@ -1,0 +1,452 @@
+"""s2.fleet.bridge_conversation against the real bridge on loopback.
+
+Most tests call the module's core function `converge` with a real BridgeClient; the last ones
+run the module through `ansible` itself (AnsiballZ, respawn into the runtime python, no_log).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import (
+    TOKEN_PATTERN,
+    BridgeClient,
+    BridgeError,
+)
+from ansible_collections.s2.fleet.plugins.modules.bridge_conversation import (
+    CREDENTIAL_FIELDS,
+    ConversationError,
+    converge,
+    credentials_path,
+)
+
+CONTRACT_FIELDS = {
+    "conversation_id", "worker_id", "worker_role", "coordinator_token", "worker_token",
+    "created_at", "expires_at", "bridge_url", "ca_file",
+}
+
+
+def run(bridge, params, check_mode=False, **overrides):
+    """converge() as the module runs it; returns (result, secrets the module was told about)."""
+    secrets: set[str] = set()
+    merged = {**params, **overrides}
+    client = bridge.admin()
+    secrets.update(client.secrets)
+    result = converge(merged, client.call, check_mode=check_mode, on_secret=secrets.add)
+    return result, secrets
+
+
+def read_file(params) -> dict:
+    return json.loads(Path(credentials_path(params["credentials_dir"], params["worker_id"])).read_text())
+
+
+def assert_no_token(bridge, result, *token_sets):
+    text = json.dumps(result)
+    assert not TOKEN_PATTERN.search(text), "a token-shaped string leaked into the result"
+    assert bridge.admin_token not in text
+    for tokens in token_sets:
+        for token in tokens:
+            assert token not in text
+
+
+def test_contract_fields_match_contracts_md():
+    assert set(CREDENTIAL_FIELDS) == CONTRACT_FIELDS
+    contracts = Path(__file__).resolve().parents[8] / "docs" / "CONTRACTS.md"
+    if contracts.is_file():  # the repo checkout: the file format example lists exactly these fields
+        text = contracts.read_text()
+        example = text[text.index('{"conversation_id"'):]
+        example = json.loads(example[: example.index("}") + 1].replace("...", ""))
+        assert set(example) == CONTRACT_FIELDS
+
+
+def test_present_creates_then_is_idempotent(bridge, params):
+    first, secrets = run(bridge, params)
+    assert first["changed"] is True
+    assert first["action"] == "created"
+    path = Path(first["credentials_path"])
+    assert path == Path(params["credentials_dir"]) / f"s2-worker-{params['worker_id']}-credentials.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+    data = read_file(params)
+    assert set(data) == CONTRACT_FIELDS
+    assert data["conversation_id"] == first["conversation_id"]
+    assert data["worker_id"] == params["worker_id"]
+    assert data["worker_role"] == "tests"
+    assert data["coordinator_token"].startswith("s2c_")
+    assert data["worker_token"].startswith("s2w_")
+    assert data["bridge_url"] == bridge.url
+    assert data["ca_file"] == "/etc/s2-fleet/ca.crt"
+    assert data["expires_at"] == first["expires_at"]
+    # the module registered both new tokens as no_log values
+    assert {data["coordinator_token"], data["worker_token"]} <= secrets
+    # the bridge has exactly this conversation, and both tokens work
+    listed = bridge.conversations(params["worker_id"])
+    assert [c["conversation_id"] for c in listed] == [first["conversation_id"]]
+    assert listed[0]["coordinator_role"] == "s2-orchestrator"
+    assert bridge.token_works(data["worker_token"])
+    assert bridge.token_works(data["coordinator_token"])
+
+    before = path.read_bytes()
+    mtime = path.stat().st_mtime_ns
+    second, _ = run(bridge, params)
+    assert second["changed"] is False
+    assert second["action"] == "unchanged"
+    assert second["conversation_id"] == first["conversation_id"]
+    assert second["revoked_conversation_ids"] == []
+    assert second["diff"]["before"] == second["diff"]["after"]
+    assert path.read_bytes() == before
+    assert path.stat().st_mtime_ns == mtime
+    assert_no_token(bridge, first, secrets)
+    assert_no_token(bridge, second, secrets)
+
+
+def test_check_mode_creates_nothing(bridge, params):
+    result, _ = run(bridge, params, check_mode=True)
+    assert result["changed"] is True
+    assert result["action"] == "created"
+    assert result["conversation_id"] is None
+    assert result["diff"]["before"] == {}
+    assert result["diff"]["after"]["worker_role"] == "tests"
+    assert not Path(params["credentials_dir"]).exists()
+    assert bridge.conversations(params["worker_id"], include_revoked=True) == []
+
+
+def test_check_mode_does_not_rotate(bridge, params):
+    created, secrets = run(bridge, params, ttl_s=3600, min_lifetime_s=60)
+    path = Path(created["credentials_path"])
+    before = path.read_bytes()
+    old = read_file(params)
+
+    planned, _ = run(bridge, params, check_mode=True, min_lifetime_s=7200)
+    assert planned["changed"] is True
+    assert planned["action"] == "rotated"
+    assert planned["conversation_id"] == created["conversation_id"]
+    assert planned["diff"]["before"]["expires_at"] == created["expires_at"]
+    assert planned["diff"]["after"]["expires_at"] > created["expires_at"]
+    assert path.read_bytes() == before
+    assert bridge.token_works(old["worker_token"])
+    [listed] = bridge.conversations(params["worker_id"])
+    assert listed["expires_at"] == created["expires_at"]
+    assert_no_token(bridge, planned, secrets)
+
+
+def test_check_mode_on_converged_worker_reports_no_change(bridge, params):
+    run(bridge, params)
+    result, _ = run(bridge, params, check_mode=True)
+    assert result["changed"] is False
+    assert result["action"] == "unchanged"
+
+
+def test_rotates_when_too_little_life_is_left(bridge, params):
+    created, _ = run(bridge, params, ttl_s=3600, min_lifetime_s=60)
+    old = read_file(params)
+    assert created["action"] == "created"
+
+    # 3600 s left < 7200 s wanted: rotate (same conversation, new tokens, fresh lifetime)
+    rotated, secrets = run(bridge, params, min_lifetime_s=7200)
+    assert rotated["changed"] is True
+    assert rotated["action"] == "rotated"
+    assert rotated["conversation_id"] == created["conversation_id"]
+    assert rotated["expires_at"] > created["expires_at"]
+    new = read_file(params)
+    assert new["conversation_id"] == old["conversation_id"]
+    assert new["worker_token"] != old["worker_token"]
+    assert new["coordinator_token"] != old["coordinator_token"]
+    assert new["expires_at"] == rotated["expires_at"]
+    assert stat.S_IMODE(Path(rotated["credentials_path"]).stat().st_mode) == 0o600
+    # the bridge refuses the old tokens and serves the new ones
+    assert not bridge.token_works(old["worker_token"])
+    assert not bridge.token_works(old["coordinator_token"])
+    assert bridge.token_works(new["worker_token"])
+    assert rotated["diff"]["before"]["expires_at"] == created["expires_at"]
+    assert rotated["diff"]["after"]["expires_at"] == rotated["expires_at"]
+    assert_no_token(bridge, rotated, secrets, {old["worker_token"], old["coordinator_token"]})
+
+    # now plenty of life is left: nothing to do
+    again, _ = run(bridge, params, min_lifetime_s=7200)
+    assert again["changed"] is False
+
+
+def test_state_rotated_always_rotates_and_creates_when_missing(bridge, params):
+    created, _ = run(bridge, params, state="rotated")
+    assert created["action"] == "created"
+    first = read_file(params)
+
+    rotated, secrets = run(bridge, params, state="rotated")
+    assert rotated["changed"] is True
+    assert rotated["action"] == "rotated"
+    assert rotated["conversation_id"] == created["conversation_id"]
+    second = read_file(params)
+    assert second["worker_token"] != first["worker_token"]
+    assert not bridge.token_works(first["worker_token"])
+    assert bridge.token_works(second["worker_token"])
+    assert_no_token(bridge, rotated, secrets)
+
+
+def test_absent_revokes_and_removes_the_file(bridge, params):
+    created, _ = run(bridge, params)
+    data = read_file(params)
+    path = Path(created["credentials_path"])
+
+    planned, _ = run(bridge, params, check_mode=True, state="absent")
+    assert planned["changed"] is True
+    assert planned["action"] == "revoked"
+    assert path.exists()
+    assert bridge.token_works(data["worker_token"])
+
+    gone, secrets = run(bridge, params, state="absent", partner_role=None)
+    assert gone["changed"] is True
+    assert gone["action"] == "revoked"
+    assert gone["conversation_id"] == created["conversation_id"]
+    assert gone["revoked_conversation_ids"] == [created["conversation_id"]]
+    assert gone["diff"]["after"] == {}
+    assert gone["diff"]["before"]["conversation_id"] == created["conversation_id"]
+    assert not path.exists()
+    assert bridge.conversations(params["worker_id"]) == []
+    [revoked] = bridge.conversations(params["worker_id"], include_revoked=True)
+    assert revoked["revoked"] is True
+    assert not bridge.token_works(data["worker_token"])
+    assert_no_token(bridge, gone, secrets)
+
+    again, _ = run(bridge, params, state="absent")
+    assert again["changed"] is False
+    assert again["action"] == "absent"
+
+
+def test_lost_file_rotates_the_live_conversation_instead_of_orphaning_it(bridge, params):
+    created, _ = run(bridge, params)
+    old = read_file(params)
+    Path(created["credentials_path"]).unlink()
+
+    result, _ = run(bridge, params)
+    assert result["action"] == "rotated"
+    assert result["conversation_id"] == created["conversation_id"]
+    assert [c["conversation_id"] for c in bridge.conversations(params["worker_id"])] == [created["conversation_id"]]
+    assert not bridge.token_works(old["worker_token"])
+    assert bridge.token_works(read_file(params)["worker_token"])
+
+
+def test_stale_file_from_a_lost_rotation_is_rotated(bridge, params):
+    created, _ = run(bridge, params)
+    stale = read_file(params)
+    # someone rotated on the bridge and the new file never landed: the file's tokens are dead
+    bridge.admin().call("rotate_conversation", {"conversation_id": created["conversation_id"], "ttl_s": 2592000 + 60})
+    assert not bridge.token_works(stale["worker_token"])
+
+    result, _ = run(bridge, params)
+    assert result["action"] == "rotated"
+    fresh = read_file(params)
+    assert bridge.token_works(fresh["worker_token"])
+    assert fresh["expires_at"] == bridge.conversations(params["worker_id"])[0]["expires_at"]
+
+
+def test_role_change_replaces_the_conversation(bridge, params):
+    created, _ = run(bridge, params)
+    old = read_file(params)
+    replaced, _ = run(bridge, params, partner_role="frontend")
+    assert replaced["action"] == "created"
+    assert replaced["conversation_id"] != created["conversation_id"]
+    assert replaced["revoked_conversation_ids"] == [created["conversation_id"]]
+    assert replaced["worker_role"] == "frontend"
+    [live] = bridge.conversations(params["worker_id"])
+    assert live["conversation_id"] == replaced["conversation_id"]
+    assert live["worker_role"] == "frontend"
+    assert read_file(params)["worker_role"] == "frontend"
+    assert not bridge.token_works(old["worker_token"])
+
+
+def test_settings_change_rewrites_the_file_with_the_same_tokens(bridge, params):
+    run(bridge, params)
+    old = read_file(params)
+    result, _ = run(bridge, params, ca_file_for_workers="/srv/ca.pem", bridge_url=bridge.url + "/")
+    # the trailing slash changes the URL the workers get; the bridge answers both
+    assert result["changed"] is True
+    assert result["action"] == "updated"
+    new = read_file(params)
+    assert new["ca_file"] == "/srv/ca.pem"
+    assert new["bridge_url"] == bridge.url + "/"
+    assert new["worker_token"] == old["worker_token"]
+    assert bridge.token_works(new["worker_token"])
+
+
+def test_loose_permissions_are_fixed(bridge, params):
+    created, _ = run(bridge, params)
+    path = Path(created["credentials_path"])
+    path.chmod(0o644)
+    path.parent.chmod(0o755)
+    result, _ = run(bridge, params)
+    assert result["changed"] is True
+    assert result["action"] == "updated"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_owner_and_group(bridge, params):
+    nobody = pwd.getpwnam("nobody")
+    result, _ = run(bridge, params, owner="nobody", group=str(nobody.pw_gid))
+    st = Path(result["credentials_path"]).stat()
+    assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid)
+    assert Path(params["credentials_dir"]).stat().st_uid == nobody.pw_uid
+    again, _ = run(bridge, params, owner="nobody", group=str(nobody.pw_gid))
+    assert again["changed"] is False
+    # a different owner is a change, and is applied
+    changed, _ = run(bridge, params, owner="root", group="0")
+    assert changed["action"] == "updated"
+    assert Path(result["credentials_path"]).stat().st_uid == 0
+
+
+def test_unknown_owner_is_a_clear_error(bridge, params):
+    with pytest.raises(ConversationError, match="no-such-user-s2: no such user"):
+        run(bridge, params, owner="no-such-user-s2")
+
+
+def test_symlinked_credentials_file_is_replaced_not_followed(bridge, params, tmp_path):
+    created, _ = run(bridge, params)
+    path = Path(created["credentials_path"])
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    victim.chmod(0o644)
+    path.unlink()
+    path.symlink_to(victim)
+    result, _ = run(bridge, params)
+    assert result["changed"] is True
+    assert not path.is_symlink()
+    assert victim.read_text() == "keep me"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+    assert bridge.token_works(read_file(params)["worker_token"])
+
+
+# --- errors: clear, structured, never a token --------------------------------------------------
+
+
+def test_missing_admin_token_file(params, tmp_path):
+    with pytest.raises(BridgeError) as info:
+        BridgeClient.from_token_file(params["bridge_url"], str(tmp_path / "nope.token"))
+    assert info.value.code == "admin_token_file"
+    assert "nope.token" in str(info.value)
+    assert "s2-bridge.service" in info.value.fix
+
+
+def test_refused_admin_token_names_the_bridge_error(bridge, params, tmp_path):
+    fake = "s2a_" + "A" * 43
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(fake + "\n")
+    client = BridgeClient.from_token_file(bridge.url, str(token_file))
+    with pytest.raises(BridgeError) as info:
+        converge({**params, "admin_token_file": str(token_file)}, client.call)
+    assert info.value.code == "unauthenticated"
+    assert info.value.field == "admin_token_file"
+    assert fake not in str(info.value)
+    assert fake not in json.dumps(info.value.to_dict())
+    assert not Path(params["credentials_dir"]).exists()
+
+
+def test_bridge_tool_error_is_structured(bridge):
+    with pytest.raises(BridgeError) as info:
+        bridge.admin().call("rotate_conversation", {"conversation_id": "conv_0000000000000000"})
+    assert info.value.code == "not_found"
+    assert info.value.field == "conversation_id"
+    assert info.value.tool == "rotate_conversation"
+    assert info.value.fix
+
+
+def test_unreachable_bridge(bridge, params):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    client = BridgeClient(f"http://127.0.0.1:{port}/mcp", bridge.admin_token, timeout_s=5)
+    with pytest.raises(BridgeError) as info:
+        client.call("list_conversations", {})
+    assert info.value.code == "unreachable"
+    assert bridge.admin_token not in str(info.value)
+
+
+def test_tls_with_the_fleet_ca(tls_bridge, params):
+    tls_params = {**params, "bridge_url": tls_bridge.url, "admin_token_file": tls_bridge.admin_token_file,
+                  "ca_path": tls_bridge.ca_file}
+    result, _ = run(tls_bridge, tls_params)
+    assert result["action"] == "created"
+    assert tls_bridge.token_works(read_file(tls_params)["worker_token"])
+
+    wrong = BridgeClient(tls_bridge.url, tls_bridge.admin_token, ca_path=tls_bridge.extra["other_ca_file"])
+    with pytest.raises(BridgeError) as info:
+        wrong.call("list_conversations", {})
+    assert info.value.code == "tls"
+    assert info.value.field == "ca_path"
+
+
+# --- through ansible itself ---------------------------------------------------------------------
+
+
+def module_args(params: dict, **overrides) -> dict:
+    args = {k: v for k, v in params.items() if v is not None and k != "timeout_s"}
+    args.update(overrides)
+    return args
+
+
+def test_module_entry_point_check_diff_idempotence_and_no_token_in_output(bridge, params, ansible_module):
+    args = module_args(params)
+    checked = ansible_module("bridge_conversation", args, extra_args=("--check", "--diff", "-vvv"))
+    assert checked.rc == 0, checked.stdout + checked.stderr
+    assert checked.result["changed"] is True
+    assert checked.result["action"] == "created"
+    assert not Path(params["credentials_dir"]).exists()
+    assert bridge.conversations(params["worker_id"]) == []
+
+    created = ansible_module("bridge_conversation", args, extra_args=("--diff", "-vvv"))
+    assert created.rc == 0, created.stdout + created.stderr
+    assert created.result["changed"] is True
+    assert created.result["action"] == "created"
+    assert created.result["diff"]["after"]["conversation_id"] == created.result["conversation_id"]
+    data = read_file(params)
+    assert stat.S_IMODE(Path(created.result["credentials_path"]).stat().st_mode) == 0o600
+
+    again = ansible_module("bridge_conversation", args, extra_args=("-vvv",))
+    assert again.rc == 0, again.stdout + again.stderr
+    assert again.result["changed"] is False
+
+    for out in (checked, created, again):
+        text = out.stdout + out.stderr
+        for secret in (data["worker_token"], data["coordinator_token"], bridge.admin_token):
+            assert secret not in text
+        assert not TOKEN_PATTERN.search(text)
+
+
+def test_module_respawns_into_runtime_python(bridge, params, ansible_module):
+    """Under a Python without mcp (the system one), the module re-runs itself under runtime_python."""
+    system_python = "/usr/bin/python3"
+    if not Path(system_python).exists() or os.system(f"{system_python} -c 'import mcp' 2>/dev/null") == 0:
+        pytest.skip("needs a system python without mcp")
+    out = ansible_module("bridge_conversation", module_args(params), interpreter=system_python)
+    assert out.rc == 0, out.stdout + out.stderr
+    assert out.result["action"] == "created"
+    assert bridge.token_works(read_file(params)["worker_token"])
+
+    missing = ansible_module(
+        "bridge_conversation", module_args(params, runtime_python="/nonexistent/venv/bin/python"),
+        interpreter=system_python,
+    )
+    assert missing.rc != 0
+    assert "localhost | FAILED!" in missing.stdout
+    assert "/nonexistent/venv/bin/python" in missing.result["msg"]
+    assert "mcp (the s2-bridge runtime venv)" in missing.result["msg"]
+
+
+def test_module_failure_is_structured_and_token_free(bridge, params, ansible_module, tmp_path):
+    fake = "s2a_" + "B" * 43
+    token_file = tmp_path / "wrong.token"
+    token_file.write_text(fake)
+    out = ansible_module("bridge_conversation", module_args(params, admin_token_file=str(token_file)),
+                         extra_args=("-vvv",))
+    assert out.rc != 0
+    assert "localhost | FAILED!" in out.stdout
+    assert out.result["error"]["code"] == "unauthenticated"
+    assert fake not in out.stdout + out.stderr
