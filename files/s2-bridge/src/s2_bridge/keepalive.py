@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import logging
 import random
-import signal
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +21,7 @@ from s2_bridge import exitcodes
 from s2_bridge.backoff import Backoff, jittered
 from s2_bridge.client import AuthRefused, BridgeClient, BridgeUnavailable
 from s2_bridge.credentials import CredentialsWatcher
+from s2_bridge.daemon import run_until_signal
 from s2_bridge.errors import ConfigError
 
 log = logging.getLogger("s2_bridge.keepalive")
@@ -159,22 +159,9 @@ class Keepalive:
         )
 
 
-async def _run_until_signal(keepalive: Keepalive) -> int:
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    try:
-        return await keepalive.run()
-    except asyncio.CancelledError:
-        log.info("stopping on request")
-        return exitcodes.OK
-
-
 def run(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         log.error("--interval must be greater than 0, got %s; pass e.g. --interval 15", args.interval)
         return exitcodes.USAGE
     watcher = CredentialsWatcher(args.credentials)  # a bad first file: ConfigError, exit 78
-    return asyncio.run(_run_until_signal(Keepalive(watcher, args.interval)))
+    return run_until_signal(Keepalive(watcher, args.interval).run, log)
