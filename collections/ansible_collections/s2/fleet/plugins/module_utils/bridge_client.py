@@ -22,6 +22,7 @@ import json
 import os
 import re
 import ssl
+import time
 import traceback
 
 from ansible.module_utils.basic import missing_required_lib
@@ -54,6 +55,8 @@ BRIDGE_ARGUMENT_SPEC = {
 }
 
 MISSING_LIB_NAME = 'mcp (the s2-bridge runtime venv)'
+RATE_LIMIT_RETRIES = 3
+RATE_LIMIT_MAX_WAIT_S = 5.0
 
 
 def redact(text, secrets=()):
@@ -259,7 +262,7 @@ class BridgeClient(object):
 
         headers = {'Authorization': 'Bearer %s' % self._token}
         kwargs = {'headers': headers, 'timeout': httpx2.Timeout(self.timeout_s),
-                      'event_hooks': {'response': [remember_failure]}}
+                  'event_hooks': {'response': [remember_failure]}}
         if self._ssl is not None:
             kwargs['verify'] = self._ssl
         async with httpx2.AsyncClient(**kwargs) as http:
@@ -268,25 +271,48 @@ class BridgeClient(object):
                 return await client.call_tool(tool, arguments)
 
     def call(self, tool, arguments=None):
-        """Call tool with arguments; return its structured result (a dict) or raise BridgeError."""
+        """Call tool with arguments; return its structured result (a dict) or raise BridgeError.
+
+        A call the bridge rate-limits (HTTP 429, refused before it is processed) is retried a few
+        times after the delay the bridge asks for; several module runs share the admin token.
+        """
         arguments = dict(arguments or {})
-        failures = []
-        try:
-            result = asyncio.run(asyncio.wait_for(self._call(tool, arguments, failures), self.timeout_s + 5))
-        except BridgeError:
-            raise
-        except (asyncio.TimeoutError, TimeoutError):
-            raise BridgeError('no answer from the bridge at %s within %ss' % (self.bridge_url, self.timeout_s),
-                              code='unreachable', field='bridge_url', tool=tool,
-                              fix='check that s2-bridge.service runs and answers GET /healthz') from None
-        except Exception as exc:  # anything the transport raises: turn it into one clear error
-            if failures:
-                err = _error_from_http_response(failures[-1], self.bridge_url)
-            else:
-                err = _describe_transport_error(exc, self.bridge_url)
-            err.message = redact(err.message, self.secrets)
-            raise BridgeError(err.message, code=err.code, field=err.field, fix=err.fix, tool=tool) from None
-        return result_to_dict(result, tool=tool)
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            failures = []
+            try:
+                result = asyncio.run(asyncio.wait_for(self._call(tool, arguments, failures), self.timeout_s + 5))
+            except BridgeError:
+                raise
+            except (asyncio.TimeoutError, TimeoutError):
+                raise BridgeError('no answer from the bridge at %s within %ss' % (self.bridge_url, self.timeout_s),
+                                  code='unreachable', field='bridge_url', tool=tool,
+                                  fix='check that s2-bridge.service runs and answers GET /healthz') from None
+            except Exception as exc:  # anything the transport raises: turn it into one clear error
+                delay = _retry_after(failures[-1]) if failures and failures[-1].status_code == 429 else None
+                if delay is not None and attempt < RATE_LIMIT_RETRIES:
+                    time.sleep(delay)
+                    continue
+                if failures:
+                    err = _error_from_http_response(failures[-1], self.bridge_url)
+                else:
+                    err = _describe_transport_error(exc, self.bridge_url)
+                err.message = redact(err.message, self.secrets)
+                raise BridgeError(err.message, code=err.code, field=err.field, fix=err.fix, tool=tool) from None
+            return result_to_dict(result, tool=tool)
+        raise AssertionError('unreachable')  # the loop always returns or raises
+
+
+def _retry_after(response):
+    """Seconds to wait before retrying a 429 answer (its Retry-After header), or None when not worth it.
+
+    The bridge asks for a short wait when the caller is over its call rate; a long one (after many
+    failed authentications from this address) is not waited for.
+    """
+    try:
+        delay = float(response.headers.get('retry-after', '1'))
+    except (TypeError, ValueError):
+        delay = 1.0
+    return max(delay, 0.2) if delay <= RATE_LIMIT_MAX_WAIT_S else None
 
 
 def ensure_mcp(module):

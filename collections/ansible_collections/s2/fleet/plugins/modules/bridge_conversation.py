@@ -316,7 +316,7 @@ def directory_needs_fix(path, uid, gid):
 
 def ensure_directory(path, uid, gid):
     if not os.path.isdir(path):
-        os.makedirs(path, DIR_MODE)
+        os.makedirs(path, DIR_MODE, exist_ok=True)  # several workers' runs may race to create it
     st = os.stat(path)
     if (st.st_mode & 0o7777) != DIR_MODE:
         os.chmod(path, DIR_MODE)
@@ -499,7 +499,7 @@ def converge(params, call, check_mode=False, on_secret=None, now=None):
                 if action == 'created':
                     tool = 'create_conversation'
                     issued = call(tool, {'my_role': params['my_role'], 'partner_role': params['partner_role'],
-                                             'worker_id': worker_id, 'ttl_s': params['ttl_s']})
+                                         'worker_id': worker_id, 'ttl_s': params['ttl_s']})
                 else:
                     tool = 'rotate_conversation'
                     issued = call(tool, {'conversation_id': target['conversation_id'], 'ttl_s': params['ttl_s']})

@@ -13,14 +13,20 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 # .../collections/ansible_collections/s2/fleet/tests/unit/plugins/modules/conftest.py
 COLLECTIONS_ROOT = Path(__file__).resolve().parents[7]
@@ -80,7 +86,8 @@ class Bridge:
         return Path(self.admin_token_file).read_text().strip()
 
 
-def write_config(folder: Path, port: int, tls: tuple[str, str] | None) -> Path:
+def write_config(folder: Path, port: int, tls: tuple[str, str] | None, limits: dict | None = None) -> Path:
+    limits = {"calls_per_s": 1000, "calls_burst": 1000, **(limits or {})}
     lines = [
         "[server]",
         'host = "127.0.0.1"',
@@ -93,8 +100,7 @@ def write_config(folder: Path, port: int, tls: tuple[str, str] | None) -> Path:
         "[health]",
         "silent_after_s = 45",
         "[limits]",
-        "calls_per_s = 1000",
-        "calls_burst = 1000",
+        *(f"{key} = {value}" for key, value in limits.items()),
     ]
     if tls:
         lines += ["[tls]", f'cert_file = "{tls[0]}"', f'key_file = "{tls[1]}"']
@@ -103,10 +109,11 @@ def write_config(folder: Path, port: int, tls: tuple[str, str] | None) -> Path:
     return config
 
 
-def start_bridge(folder: Path, tls: tuple[str, str] | None = None, ca_file: str | None = None) -> Bridge:
+def start_bridge(folder: Path, tls: tuple[str, str] | None = None, ca_file: str | None = None,
+                 limits: dict | None = None) -> Bridge:
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    config = write_config(folder, port, tls)
+    config = write_config(folder, port, tls, limits)
     log = folder / "bridge.log"
     args = [*bridge_command(), "serve", "--config", str(config)]
     if not tls:
@@ -129,9 +136,6 @@ def start_bridge(folder: Path, tls: tuple[str, str] | None = None, ca_file: str 
 
 
 def wait_healthy(bridge: Bridge, timeout: float = 30.0) -> None:
-    import ssl
-    import urllib.request
-
     context = ssl.create_default_context(cafile=bridge.ca_file) if bridge.ca_file else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -139,9 +143,9 @@ def wait_healthy(bridge: Bridge, timeout: float = 30.0) -> None:
             raise RuntimeError(f"bridge exited with {bridge.process.returncode}:\n{bridge.log.read_text()}")
         try:
             with urllib.request.urlopen(f"{bridge.base}/healthz", timeout=2, context=context) as answer:
-                if answer.status == 200 and json.loads(answer.read()) == {"ok": True}:
-                    if Path(bridge.admin_token_file).is_file():
-                        return
+                healthy = answer.status == 200 and json.loads(answer.read()) == {"ok": True}
+                if healthy and Path(bridge.admin_token_file).is_file():
+                    return
         except OSError:
             pass
         time.sleep(0.1)
@@ -206,11 +210,6 @@ def params(bridge: Bridge, tmp_path: Path, worker_id: str) -> dict:
 
 
 def _make_pki(folder: Path) -> dict[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     def name(common: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
@@ -237,7 +236,7 @@ def _make_pki(folder: Path) -> dict[str, str]:
 
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = ca("s2 module test CA")
-    _, other_cert = ca("unrelated CA")
+    _other_key, other_cert = ca("unrelated CA")
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
@@ -318,7 +317,7 @@ def run_module(module: str, args: dict, tmp_path: Path, *, interpreter: str | No
         "-e", f"ansible_python_interpreter={interpreter or sys.executable}",
         "-m", f"s2.fleet.{module}", "-a", json.dumps(args), *extra_args,
     ]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180)
+    proc = subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180)
     result: dict = {}
     with contextlib.suppress(ValueError):
         marker = proc.stdout.rindex("localhost | ")

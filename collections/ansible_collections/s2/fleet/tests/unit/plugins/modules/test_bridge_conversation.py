@@ -11,6 +11,7 @@ import os
 import pwd
 import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import (
     BridgeClient,
     BridgeError,
 )
+from conftest import start_bridge, stop_bridge
 from ansible_collections.s2.fleet.plugins.modules.bridge_conversation import (
     CREDENTIAL_FIELDS,
     ConversationError,
@@ -33,6 +35,11 @@ CONTRACT_FIELDS = {
 
 
 def run(bridge, params, check_mode=False, **overrides):
+    """converge() as the module runs it; returns its result."""
+    return run_secrets(bridge, params, check_mode=check_mode, **overrides)[0]
+
+
+def run_secrets(bridge, params, check_mode=False, **overrides):
     """converge() as the module runs it; returns (result, secrets the module was told about)."""
     secrets: set[str] = set()
     merged = {**params, **overrides}
@@ -66,7 +73,7 @@ def test_contract_fields_match_contracts_md():
 
 
 def test_present_creates_then_is_idempotent(bridge, params):
-    first, secrets = run(bridge, params)
+    first, secrets = run_secrets(bridge, params)
     assert first["changed"] is True
     assert first["action"] == "created"
     path = Path(first["credentials_path"])
@@ -95,7 +102,7 @@ def test_present_creates_then_is_idempotent(bridge, params):
 
     before = path.read_bytes()
     mtime = path.stat().st_mtime_ns
-    second, _ = run(bridge, params)
+    second = run(bridge, params)
     assert second["changed"] is False
     assert second["action"] == "unchanged"
     assert second["conversation_id"] == first["conversation_id"]
@@ -108,7 +115,7 @@ def test_present_creates_then_is_idempotent(bridge, params):
 
 
 def test_check_mode_creates_nothing(bridge, params):
-    result, _ = run(bridge, params, check_mode=True)
+    result = run(bridge, params, check_mode=True)
     assert result["changed"] is True
     assert result["action"] == "created"
     assert result["conversation_id"] is None
@@ -119,12 +126,12 @@ def test_check_mode_creates_nothing(bridge, params):
 
 
 def test_check_mode_does_not_rotate(bridge, params):
-    created, secrets = run(bridge, params, ttl_s=3600, min_lifetime_s=60)
+    created, secrets = run_secrets(bridge, params, ttl_s=3600, min_lifetime_s=60)
     path = Path(created["credentials_path"])
     before = path.read_bytes()
     old = read_file(params)
 
-    planned, _ = run(bridge, params, check_mode=True, min_lifetime_s=7200)
+    planned = run(bridge, params, check_mode=True, min_lifetime_s=7200)
     assert planned["changed"] is True
     assert planned["action"] == "rotated"
     assert planned["conversation_id"] == created["conversation_id"]
@@ -139,18 +146,18 @@ def test_check_mode_does_not_rotate(bridge, params):
 
 def test_check_mode_on_converged_worker_reports_no_change(bridge, params):
     run(bridge, params)
-    result, _ = run(bridge, params, check_mode=True)
+    result = run(bridge, params, check_mode=True)
     assert result["changed"] is False
     assert result["action"] == "unchanged"
 
 
 def test_rotates_when_too_little_life_is_left(bridge, params):
-    created, _ = run(bridge, params, ttl_s=3600, min_lifetime_s=60)
+    created = run(bridge, params, ttl_s=3600, min_lifetime_s=60)
     old = read_file(params)
     assert created["action"] == "created"
 
     # 3600 s left < 7200 s wanted: rotate (same conversation, new tokens, fresh lifetime)
-    rotated, secrets = run(bridge, params, min_lifetime_s=7200)
+    rotated, secrets = run_secrets(bridge, params, min_lifetime_s=7200)
     assert rotated["changed"] is True
     assert rotated["action"] == "rotated"
     assert rotated["conversation_id"] == created["conversation_id"]
@@ -170,16 +177,16 @@ def test_rotates_when_too_little_life_is_left(bridge, params):
     assert_no_token(bridge, rotated, secrets, {old["worker_token"], old["coordinator_token"]})
 
     # now plenty of life is left: nothing to do
-    again, _ = run(bridge, params, min_lifetime_s=7200)
+    again = run(bridge, params, min_lifetime_s=7200)
     assert again["changed"] is False
 
 
 def test_state_rotated_always_rotates_and_creates_when_missing(bridge, params):
-    created, _ = run(bridge, params, state="rotated")
+    created = run(bridge, params, state="rotated")
     assert created["action"] == "created"
     first = read_file(params)
 
-    rotated, secrets = run(bridge, params, state="rotated")
+    rotated, secrets = run_secrets(bridge, params, state="rotated")
     assert rotated["changed"] is True
     assert rotated["action"] == "rotated"
     assert rotated["conversation_id"] == created["conversation_id"]
@@ -191,17 +198,17 @@ def test_state_rotated_always_rotates_and_creates_when_missing(bridge, params):
 
 
 def test_absent_revokes_and_removes_the_file(bridge, params):
-    created, _ = run(bridge, params)
+    created = run(bridge, params)
     data = read_file(params)
     path = Path(created["credentials_path"])
 
-    planned, _ = run(bridge, params, check_mode=True, state="absent")
+    planned = run(bridge, params, check_mode=True, state="absent")
     assert planned["changed"] is True
     assert planned["action"] == "revoked"
     assert path.exists()
     assert bridge.token_works(data["worker_token"])
 
-    gone, secrets = run(bridge, params, state="absent", partner_role=None)
+    gone, secrets = run_secrets(bridge, params, state="absent", partner_role=None)
     assert gone["changed"] is True
     assert gone["action"] == "revoked"
     assert gone["conversation_id"] == created["conversation_id"]
@@ -215,17 +222,17 @@ def test_absent_revokes_and_removes_the_file(bridge, params):
     assert not bridge.token_works(data["worker_token"])
     assert_no_token(bridge, gone, secrets)
 
-    again, _ = run(bridge, params, state="absent")
+    again = run(bridge, params, state="absent")
     assert again["changed"] is False
     assert again["action"] == "absent"
 
 
 def test_lost_file_rotates_the_live_conversation_instead_of_orphaning_it(bridge, params):
-    created, _ = run(bridge, params)
+    created = run(bridge, params)
     old = read_file(params)
     Path(created["credentials_path"]).unlink()
 
-    result, _ = run(bridge, params)
+    result = run(bridge, params)
     assert result["action"] == "rotated"
     assert result["conversation_id"] == created["conversation_id"]
     assert [c["conversation_id"] for c in bridge.conversations(params["worker_id"])] == [created["conversation_id"]]
@@ -234,13 +241,13 @@ def test_lost_file_rotates_the_live_conversation_instead_of_orphaning_it(bridge,
 
 
 def test_stale_file_from_a_lost_rotation_is_rotated(bridge, params):
-    created, _ = run(bridge, params)
+    created = run(bridge, params)
     stale = read_file(params)
     # someone rotated on the bridge and the new file never landed: the file's tokens are dead
     bridge.admin().call("rotate_conversation", {"conversation_id": created["conversation_id"], "ttl_s": 2592000 + 60})
     assert not bridge.token_works(stale["worker_token"])
 
-    result, _ = run(bridge, params)
+    result = run(bridge, params)
     assert result["action"] == "rotated"
     fresh = read_file(params)
     assert bridge.token_works(fresh["worker_token"])
@@ -248,9 +255,9 @@ def test_stale_file_from_a_lost_rotation_is_rotated(bridge, params):
 
 
 def test_role_change_replaces_the_conversation(bridge, params):
-    created, _ = run(bridge, params)
+    created = run(bridge, params)
     old = read_file(params)
-    replaced, _ = run(bridge, params, partner_role="frontend")
+    replaced = run(bridge, params, partner_role="frontend")
     assert replaced["action"] == "created"
     assert replaced["conversation_id"] != created["conversation_id"]
     assert replaced["revoked_conversation_ids"] == [created["conversation_id"]]
@@ -265,7 +272,7 @@ def test_role_change_replaces_the_conversation(bridge, params):
 def test_settings_change_rewrites_the_file_with_the_same_tokens(bridge, params):
     run(bridge, params)
     old = read_file(params)
-    result, _ = run(bridge, params, ca_file_for_workers="/srv/ca.pem", bridge_url=bridge.url + "/")
+    result = run(bridge, params, ca_file_for_workers="/srv/ca.pem", bridge_url=bridge.url + "/")
     # the trailing slash changes the URL the workers get; the bridge answers both
     assert result["changed"] is True
     assert result["action"] == "updated"
@@ -277,11 +284,11 @@ def test_settings_change_rewrites_the_file_with_the_same_tokens(bridge, params):
 
 
 def test_loose_permissions_are_fixed(bridge, params):
-    created, _ = run(bridge, params)
+    created = run(bridge, params)
     path = Path(created["credentials_path"])
     path.chmod(0o644)
     path.parent.chmod(0o755)
-    result, _ = run(bridge, params)
+    result = run(bridge, params)
     assert result["changed"] is True
     assert result["action"] == "updated"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -291,14 +298,14 @@ def test_loose_permissions_are_fixed(bridge, params):
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
 def test_owner_and_group(bridge, params):
     nobody = pwd.getpwnam("nobody")
-    result, _ = run(bridge, params, owner="nobody", group=str(nobody.pw_gid))
+    result = run(bridge, params, owner="nobody", group=str(nobody.pw_gid))
     st = Path(result["credentials_path"]).stat()
     assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid)
     assert Path(params["credentials_dir"]).stat().st_uid == nobody.pw_uid
-    again, _ = run(bridge, params, owner="nobody", group=str(nobody.pw_gid))
+    again = run(bridge, params, owner="nobody", group=str(nobody.pw_gid))
     assert again["changed"] is False
     # a different owner is a change, and is applied
-    changed, _ = run(bridge, params, owner="root", group="0")
+    changed = run(bridge, params, owner="root", group="0")
     assert changed["action"] == "updated"
     assert Path(result["credentials_path"]).stat().st_uid == 0
 
@@ -309,14 +316,14 @@ def test_unknown_owner_is_a_clear_error(bridge, params):
 
 
 def test_symlinked_credentials_file_is_replaced_not_followed(bridge, params, tmp_path):
-    created, _ = run(bridge, params)
+    created = run(bridge, params)
     path = Path(created["credentials_path"])
     victim = tmp_path / "victim"
     victim.write_text("keep me")
     victim.chmod(0o644)
     path.unlink()
     path.symlink_to(victim)
-    result, _ = run(bridge, params)
+    result = run(bridge, params)
     assert result["changed"] is True
     assert not path.is_symlink()
     assert victim.read_text() == "keep me"
@@ -358,6 +365,19 @@ def test_bridge_tool_error_is_structured(bridge):
     assert info.value.fix
 
 
+def test_rate_limited_calls_are_retried(tmp_path):
+    slow = start_bridge(tmp_path / "slow", limits={"calls_per_s": 5, "calls_burst": 3})
+    try:
+        client = slow.admin()
+        started = time.monotonic()
+        for _ in range(4):
+            assert client.call("list_conversations", {}) == {"conversations": []}
+        # more calls than the burst allows went through, so some of them waited for the bucket
+        assert time.monotonic() - started >= 1.0
+    finally:
+        stop_bridge(slow)
+
+
 def test_unreachable_bridge(bridge, params):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -372,7 +392,7 @@ def test_unreachable_bridge(bridge, params):
 def test_tls_with_the_fleet_ca(tls_bridge, params):
     tls_params = {**params, "bridge_url": tls_bridge.url, "admin_token_file": tls_bridge.admin_token_file,
                   "ca_path": tls_bridge.ca_file}
-    result, _ = run(tls_bridge, tls_params)
+    result = run(tls_bridge, tls_params)
     assert result["action"] == "created"
     assert tls_bridge.token_works(read_file(tls_params)["worker_token"])
 

@@ -1,0 +1,104 @@
+"""s2.fleet.fleet_status_info against a real bridge of its own (the whole fleet is asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import TOKEN_PATTERN, BridgeError
+from ansible_collections.s2.fleet.plugins.modules.bridge_conversation import converge
+from ansible_collections.s2.fleet.plugins.modules.fleet_status_info import fleet_status, format_age, make_table
+
+
+def provision(bridge, tmp_path: Path, worker_id: str, role: str) -> dict:
+    params = {
+        "bridge_url": bridge.url, "ca_path": None, "admin_token_file": bridge.admin_token_file,
+        "my_role": "s2-orchestrator", "partner_role": role, "worker_id": worker_id, "ttl_s": 3600,
+        "min_lifetime_s": 60, "state": "present", "credentials_dir": str(tmp_path / "credentials"),
+        "owner": None, "group": None, "ca_file_for_workers": "/etc/s2-fleet/ca.crt",
+    }
+    converge(params, bridge.admin().call)
+    return json.loads((tmp_path / "credentials" / f"s2-worker-{worker_id}-credentials.json").read_text())
+
+
+def test_empty_fleet_is_not_healthy(fresh_bridge):
+    result = fleet_status(fresh_bridge.admin().call)
+    assert result["workers"] == []
+    assert result["all_healthy"] is False
+    assert result["table"] == ["WORKER  ROLE  STATUS  HEALTH  HEARTBEAT  OPEN TASKS"]
+
+
+def test_fleet_status_reports_each_worker(fresh_bridge, tmp_path):
+    creds = {wid: provision(fresh_bridge, tmp_path, wid, role)
+             for wid, role in (("10", "docs"), ("2", "tests"), ("1", "frontend"))}
+    before = fleet_status(fresh_bridge.admin().call)
+    assert [w["worker_id"] for w in before["workers"]] == ["1", "2", "10"]  # numeric order
+    assert {w["health"] for w in before["workers"]} == {"never_seen"}
+    assert before["all_healthy"] is False
+
+    # worker 2 heartbeats as working and gets a task
+    fresh_bridge.as_token(creds["2"]["worker_token"]).call("heartbeat", {"status": "working"})
+    fresh_bridge.admin().call("assign_task", {"title": "write tests", "worker_id": "2"})
+    mid = fleet_status(fresh_bridge.admin().call)
+    two = next(w for w in mid["workers"] if w["worker_id"] == "2")
+    assert two["health"] == "healthy"
+    assert two["status"] == "working"
+    assert two["open_tasks"] == 1
+    assert two["conversation_id"] == creds["2"]["conversation_id"]
+    assert two["heartbeat_age_s"] is not None and two["heartbeat_age_s"] < 30
+    assert mid["all_healthy"] is False
+    assert mid["silent_after_s"] == 45
+
+    header, *rows = mid["table"]
+    assert header.split() == ["WORKER", "ROLE", "STATUS", "HEALTH", "HEARTBEAT", "OPEN", "TASKS"]
+    assert len(rows) == 3
+    row2 = next(r for r in rows if r.split()[0] == "2")
+    assert row2.split()[1:4] == ["tests", "working", "healthy"]
+    assert row2.split()[-1] == "1"
+    assert row2.split()[4].endswith("s")
+    row1 = next(r for r in rows if r.split()[0] == "1")
+    assert row1.split()[1:] == ["frontend", "-", "never_seen", "-", "0"]
+    # columns line up: every HEALTH cell starts where the header's does
+    col = header.index("HEALTH")
+    assert all(r[col:].split()[0] in ("healthy", "never_seen", "silent") for r in rows)
+
+    for wid in ("1", "10"):
+        fresh_bridge.as_token(creds[wid]["worker_token"]).call("heartbeat", {})
+    after = fleet_status(fresh_bridge.admin().call)
+    assert after["all_healthy"] is True
+    assert not TOKEN_PATTERN.search(json.dumps(after))
+
+
+def test_format_age():
+    assert format_age(None) == "-"
+    assert format_age(4.7) == "4s"
+    assert format_age(300) == "5m"
+    assert format_age(7200) == "2h"
+    assert format_age(3 * 86400) == "3d"
+    assert make_table([]) == ["WORKER  ROLE  STATUS  HEALTH  HEARTBEAT  OPEN TASKS"]
+
+
+def test_worker_token_is_not_the_admin(fresh_bridge, tmp_path):
+    creds = provision(fresh_bridge, tmp_path, "5", "tests")
+    with pytest.raises(BridgeError) as info:
+        fleet_status(fresh_bridge.as_token(creds["worker_token"]).call)
+    assert info.value.code == "forbidden"
+    assert creds["worker_token"] not in str(info.value)
+
+
+def test_module_entry_point_in_check_mode(fresh_bridge, tmp_path, ansible_module):
+    creds = provision(fresh_bridge, tmp_path, "3", "tests")
+    fresh_bridge.as_token(creds["worker_token"]).call("heartbeat", {"status": "idle"})
+    args = {"bridge_url": fresh_bridge.url, "admin_token_file": fresh_bridge.admin_token_file}
+    out = ansible_module("fleet_status_info", args, extra_args=("--check", "-vvv"))
+    assert out.rc == 0, out.stdout + out.stderr
+    assert out.result["changed"] is False
+    assert out.result["all_healthy"] is True
+    [worker] = out.result["workers"]
+    assert worker["worker_id"] == "3"
+    assert worker["status"] == "idle"
+    assert out.result["table"][1].split()[:4] == ["3", "tests", "idle", "healthy"]
+    text = out.stdout + out.stderr
+    assert fresh_bridge.admin_token not in text
+    assert creds["worker_token"] not in text
