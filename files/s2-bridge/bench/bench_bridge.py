@@ -247,6 +247,31 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def machine_busy() -> float:
+    """CPU seconds all processes of the machine have used (the cpu line of /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / CLK_TCK
+
+
+class CpuMeter:
+    """CPU used during a phase by the server, by this load generator, and by everything else
+    on the machine (the box is shared: other people's jobs show up in `others_cores`)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.server0, self.own0 = cpu_seconds(pid), own_cpu()
+        self.busy0, self.wall0 = machine_busy(), time.perf_counter()
+
+    def stop(self) -> tuple[float, float, float]:
+        """Returns (server CPU s, load generator CPU s, cores used by all other processes)."""
+        server = cpu_seconds(self.pid) - self.server0
+        own = own_cpu() - self.own0
+        busy = machine_busy() - self.busy0
+        wall = time.perf_counter() - self.wall0
+        return server, own, max(0.0, busy - server - own) / wall if wall > 0 else 0.0
+
+
 @dataclass
 class LoadResult:
     name: str
@@ -262,6 +287,7 @@ class LoadResult:
     server_cpu_s: float = 0.0
     server_us_per_call: float = float("nan")
     client_cpu_s: float = 0.0
+    others_cores: float = 0.0
     first_error: str | None = None
 
 
@@ -275,6 +301,7 @@ class CeilingResult:
     server_cpu_s: float = 0.0
     server_us_per_call: float = float("nan")
     client_cpu_s: float = 0.0
+    others_cores: float = 0.0
     first_error: str | None = None
 
 
@@ -299,6 +326,7 @@ class Report:
     workers: int
     tls: bool
     seed_s: float = 0.0
+    load_average: dict[str, list[float]] = field(default_factory=dict)
     memory: dict[str, float] = field(default_factory=dict)
     load: list[LoadResult] = field(default_factory=list)
     ceilings: list[CeilingResult] = field(default_factory=list)
@@ -326,6 +354,7 @@ class Bench:
         self.ssl_ctx = ssl_ctx
         self.rng = random.Random(args.seed)
         self.workers = len(wire.worker_tokens)
+        self.used_waiters: set[int] = set()
 
     def target(self, kind: str) -> Target:
         if kind == "lean":
@@ -333,6 +362,18 @@ class Bench:
         if kind == "mcp":
             return Target(kind, self.args.port, self.wire.mcp_heartbeat)
         return Target(kind, self.args.bare_port, self.wire.bare)
+
+    async def quiesce(self, pid: int | None = None, limit_s: float = 20.0) -> float:
+        """Wait (at most limit_s) until the server has worked off any backlog: under 5% of a core
+        over 0.5 s. Requests of closed connections still run to their end on the server."""
+        pid = pid or self.server_pid
+        started = time.perf_counter()
+        while time.perf_counter() - started < limit_s:
+            before = cpu_seconds(pid)
+            await asyncio.sleep(0.5)
+            if cpu_seconds(pid) - before < 0.025:
+                break
+        return time.perf_counter() - started
 
     async def open_pool(self, port: int, size: int) -> list[Conn]:
         conns = [Conn(port, self.ssl_ctx) for _ in range(size)]
@@ -409,7 +450,7 @@ class Bench:
                     all_done.set()
 
         consumers = [asyncio.create_task(consume(i, c)) for i, c in enumerate(conns)]
-        cpu0, own0 = cpu_seconds(self.server_pid), own_cpu()
+        meter = CpuMeter(self.server_pid)
         t0 = time.perf_counter() + 0.05
         for i in range(total):
             due = t0 + i / rate
@@ -432,8 +473,7 @@ class Bench:
         await asyncio.gather(*consumers, return_exceptions=True)
         for conn in conns:
             conn.close()
-        result.server_cpu_s = cpu_seconds(self.server_pid) - cpu0
-        result.client_cpu_s = own_cpu() - own0
+        result.server_cpu_s, result.client_cpu_s, result.others_cores = meter.stop()
         # achieved = completions over the time from the first scheduled send to the last completion
         window = max(last_done - t0, duration)
         result.achieved_per_s = result.completed / window
@@ -470,7 +510,9 @@ class Bench:
                 else:
                     result.errors += 1
 
-        cpu0, own0 = cpu_seconds(self.server_pid if kind != "bare" else self.args.bare_pid), own_cpu()
+        pid = self.server_pid if kind != "bare" else self.args.bare_pid
+        profiler = start_py_spy(self.args.py_spy, pid, duration, f"ceiling-{kind}")
+        meter = CpuMeter(pid)
         started = time.perf_counter()
         stop_at = started + duration
         tasks = [asyncio.create_task(run(c, stop_at)) for c in conns]
@@ -481,8 +523,9 @@ class Bench:
         result.seconds = time.perf_counter() - started
         for conn in conns:
             conn.close()
-        result.server_cpu_s = cpu_seconds(self.server_pid if kind != "bare" else self.args.bare_pid) - cpu0
-        result.client_cpu_s = own_cpu() - own0
+        result.server_cpu_s, result.client_cpu_s, result.others_cores = meter.stop()
+        if profiler is not None:
+            await asyncio.to_thread(profiler.wait, duration + 30)
         result.per_s = result.calls / result.seconds
         if result.calls:
             result.server_us_per_call = result.server_cpu_s / result.calls * 1e6
@@ -492,7 +535,10 @@ class Bench:
     async def long_poll(self, waiters: int, messages: int, send_rate: float, background_rate: float) -> LongPollResult:
         name = "long-poll, idle" if not background_rate else f"long-poll, under MCP heartbeats @ {background_rate:g}/s"
         result = LongPollResult(name, waiters, messages)
-        chosen = self.rng.sample(range(self.workers), waiters)
+        # Fresh workers each time: the waits of an earlier round are still parked on the server
+        # (a closed connection does not cancel them), and a message would wake those too.
+        chosen = self.rng.sample(sorted(set(range(self.workers)) - self.used_waiters), waiters)
+        self.used_waiters.update(chosen)
         received: dict[int, float] = {}
         sent_at: dict[int, float] = {}
         send_latencies: list[float] = []
@@ -524,8 +570,10 @@ class Bench:
                         received.setdefault(int(text[len(MESSAGE_PREFIX) :]), arrived)
 
         waiting = [asyncio.create_task(wait_loop(w, c)) for w, c in zip(chosen, conns, strict=True)]
-        # Give the server time to park every waiter (it answers nothing until a message comes).
+        # Give the server time to park every waiter (it answers nothing until a message comes):
+        # at least --settle s, and until it is idle again.
         await asyncio.sleep(self.args.settle)
+        await self.quiesce()
         background: asyncio.Task[LoadResult] | None = None
         send_duration = messages / send_rate
         if background_rate:
@@ -590,6 +638,18 @@ class Bench:
         if wait_errors:
             print(f"  note: {wait_errors} wait_for_messages calls failed", flush=True)
         return result
+
+
+def start_py_spy(folder: str | None, pid: int, duration: float, label: str) -> subprocess.Popen[bytes] | None:
+    """With --py-spy DIR: sample the server during a phase into DIR/<label>.txt (collapsed stacks)."""
+    if not folder:
+        return None
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    out = str(Path(folder) / f"{label}.txt")
+    args = [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, int(duration))), "--rate", "200"]
+    args += ["--nonblocking", "--format", "raw", "-o", out]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 # --- set-up: PKI, data dir, seeding, processes ----------------------------------------------------
@@ -806,7 +866,8 @@ def print_load(result: LoadResult) -> None:
         f"{result.name:<22} achieved {result.achieved_per_s:7.0f}/s  p50 {fmt(result.p50_ms):>8} ms"
         f"  p99 {fmt(result.p99_ms):>8} ms  max {fmt(result.max_ms):>8} ms{lower}  errors {result.errors}"
         f"  unfinished {result.unfinished}  server cpu {result.server_cpu_s:.2f} s"
-        f" ({fmt(result.server_us_per_call, 0)} us/call)  client cpu {result.client_cpu_s:.2f} s",
+        f" ({fmt(result.server_us_per_call, 0)} us/call)  client cpu {result.client_cpu_s:.2f} s"
+        f"  others {result.others_cores:.2f} cores",
         flush=True,
     )
     if result.first_error:
@@ -817,17 +878,24 @@ def print_table(report: Report) -> None:
     print("\n=== results ===")
     print(f"command: {report.command}")
     print(f"workers seeded: {report.workers:,} in {report.seed_s:.1f} s; tls: {report.tls}")
-    print("\n| phase | offered/s | achieved/s | p50 ms | p99 ms | max ms | errors | unfinished | server CPU us/call |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("load average (1/5/15 min): " + "; ".join(f"{k} {v}" for k, v in report.load_average.items()))
+    print(
+        "\n| phase | offered/s | achieved/s | p50 ms | p99 ms | max ms | errors | unfinished"
+        " | server CPU us/call | other procs, cores |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in report.load:
         print(
             f"| {r.name} | {r.offered_per_s:g} | {r.achieved_per_s:.0f} | {fmt(r.p50_ms)} | {fmt(r.p99_ms)} |"
-            f" {fmt(r.max_ms)} | {r.errors} | {r.unfinished} | {fmt(r.server_us_per_call, 0)} |"
+            f" {fmt(r.max_ms)} | {r.errors} | {r.unfinished} | {fmt(r.server_us_per_call, 0)} | {r.others_cores:.2f} |"
         )
-    print("\n| ceiling (closed loop) | calls/s | errors | server CPU us/call | client CPU s |")
-    print("|---|---|---|---|---|")
+    print("\n| ceiling (closed loop) | calls/s | errors | server CPU us/call | client CPU s | other procs, cores |")
+    print("|---|---|---|---|---|---|")
     for c in report.ceilings:
-        print(f"| {c.name} | {c.per_s:.0f} | {c.errors} | {fmt(c.server_us_per_call, 0)} | {c.client_cpu_s:.1f} |")
+        print(
+            f"| {c.name} | {c.per_s:.0f} | {c.errors} | {fmt(c.server_us_per_call, 0)} | {c.client_cpu_s:.1f} |"
+            f" {c.others_cores:.2f} |"
+        )
     by_kind = {c.name.split()[0]: c.per_s for c in report.ceilings}
     if by_kind.get("bare"):
         print(
@@ -872,6 +940,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tls", action="store_true", help="serve HTTPS with a CA made here")
     parser.add_argument("--wrk", action="store_true", help="also measure the ceilings with wrk, if installed")
     parser.add_argument("--skip", default="", help="comma list of phases to skip: load,ceiling,longpoll")
+    parser.add_argument("--py-spy", metavar="DIR", help="profile the servers during the ceilings into DIR")
     parser.add_argument("--seed", type=int, default=1, help="random seed")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (it holds the admin token)")
@@ -931,6 +1000,7 @@ async def run(args: argparse.Namespace, report: Report, workdir: Path, procs: Pr
     done, seconds = await bench.register_all(args.ceiling_conns)
     report.memory["RSS after every worker heartbeat once"] = memory_mb(server.pid)["VmRSS"]
     print(f"register: {done:,} workers heartbeat once in {seconds:.1f} s ({done / seconds:.0f}/s)", flush=True)
+    await bench.quiesce()
 
     if "load" not in args.skip_set:
         for rate in args.rate_list:
@@ -938,7 +1008,7 @@ async def run(args: argparse.Namespace, report: Report, workdir: Path, procs: Pr
                 result = await bench.open_loop(kind, rate, args.duration)
                 report.load.append(result)
                 print_load(result)
-                await asyncio.sleep(1.0)
+                await bench.quiesce()
         report.memory["RSS after open-loop phases"] = memory_mb(server.pid)["VmRSS"]
 
     if "ceiling" not in args.skip_set:
@@ -947,12 +1017,13 @@ async def run(args: argparse.Namespace, report: Report, workdir: Path, procs: Pr
             report.ceilings.append(ceiling)
             print(
                 f"{ceiling.name:<30} {ceiling.per_s:7.0f} calls/s  errors {ceiling.errors}"
-                f"  server cpu {fmt(ceiling.server_us_per_call, 0)} us/call  client cpu {ceiling.client_cpu_s:.1f} s",
+                f"  server cpu {fmt(ceiling.server_us_per_call, 0)} us/call  client cpu {ceiling.client_cpu_s:.1f} s"
+                f"  others {ceiling.others_cores:.2f} cores",
                 flush=True,
             )
             if ceiling.first_error:
                 print(f"  first error: {ceiling.first_error}", flush=True)
-            await asyncio.sleep(1.0)
+            await bench.quiesce(args.bare_pid if kind == "bare" else server.pid)
         if args.wrk:
             report.wrk = await asyncio.to_thread(run_wrk, args, wire, workdir, "https" if tls else "http")
 
@@ -966,7 +1037,7 @@ async def run(args: argparse.Namespace, report: Report, workdir: Path, procs: Pr
                 f"  (send p50 {fmt(poll.send_p50_ms)} ms){'  background: ' + poll.background if background else ''}",
                 flush=True,
             )
-            await asyncio.sleep(1.0)
+            await bench.quiesce()
             if not args.longpoll_load:
                 break
 
@@ -981,6 +1052,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"command: {command}", flush=True)
     raise_fd_limit(args.pool + args.waiters + args.ceiling_conns + args.senders + 1024)
     report = Report(command=command, workers=args.workers, tls=args.tls)
+    report.load_average["start"] = [round(x, 2) for x in os.getloadavg()]
     workdir = Path(tempfile.mkdtemp(prefix="s2-bench-"))  # 0700
     procs = Processes()
     try:
@@ -991,6 +1063,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"work dir kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    report.load_average["end"] = [round(x, 2) for x in os.getloadavg()]
     print_table(report)
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(report), indent=2))
