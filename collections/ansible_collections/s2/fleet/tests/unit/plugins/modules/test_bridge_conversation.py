@@ -370,7 +370,7 @@ def test_rate_limited_calls_are_retried(tmp_path):
     try:
         client = slow.admin()
         started = time.monotonic()
-        for _ in range(4):
+        for _attempt in range(4):
             assert client.call("list_conversations", {}) == {"conversations": []}
         # more calls than the burst allows went through, so some of them waited for the bucket
         assert time.monotonic() - started >= 1.0
