@@ -247,29 +247,32 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def machine_busy() -> float:
-    """CPU seconds all processes of the machine have used (the cpu line of /proc/stat)."""
+def machine_cpu() -> tuple[float, float]:
+    """(process, steal) CPU seconds of the whole machine so far, from the cpu line of /proc/stat.
+    Process time is user + nice + system; interrupt time (loopback softirqs are partly ours) and
+    idle are left out."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values[:8]) - idle) / CLK_TCK
+    user, nice, system, steal = values[0], values[1], values[2], values[7]
+    return (user + nice + system) / CLK_TCK, steal / CLK_TCK
 
 
 class CpuMeter:
-    """CPU used during a phase by the server, by this load generator, and by everything else
-    on the machine (the box is shared: other people's jobs show up in `others_cores`)."""
+    """CPU used during a phase by the server, by this load generator, by every other process of
+    the machine, and stolen by the hypervisor (the box is shared: other jobs show up there)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.server0, self.own0 = cpu_seconds(pid), own_cpu()
-        self.busy0, self.wall0 = machine_busy(), time.perf_counter()
+        (self.busy0, self.steal0), self.wall0 = machine_cpu(), time.perf_counter()
 
-    def stop(self) -> tuple[float, float, float]:
-        """Returns (server CPU s, load generator CPU s, cores used by all other processes)."""
+    def stop(self) -> tuple[float, float, float, float]:
+        """(server CPU s, load generator CPU s, cores used by other processes, cores stolen)."""
         server = cpu_seconds(self.pid) - self.server0
         own = own_cpu() - self.own0
-        busy = machine_busy() - self.busy0
-        wall = time.perf_counter() - self.wall0
-        return server, own, max(0.0, busy - server - own) / wall if wall > 0 else 0.0
+        busy, steal = machine_cpu()
+        wall = max(1e-9, time.perf_counter() - self.wall0)
+        others = max(0.0, busy - self.busy0 - server - own) / wall
+        return server, own, others, (steal - self.steal0) / wall
 
 
 @dataclass
@@ -288,6 +291,7 @@ class LoadResult:
     server_us_per_call: float = float("nan")
     client_cpu_s: float = 0.0
     others_cores: float = 0.0
+    steal_cores: float = 0.0
     first_error: str | None = None
 
 
@@ -302,6 +306,7 @@ class CeilingResult:
     server_us_per_call: float = float("nan")
     client_cpu_s: float = 0.0
     others_cores: float = 0.0
+    steal_cores: float = 0.0
     first_error: str | None = None
 
 
@@ -473,7 +478,7 @@ class Bench:
         await asyncio.gather(*consumers, return_exceptions=True)
         for conn in conns:
             conn.close()
-        result.server_cpu_s, result.client_cpu_s, result.others_cores = meter.stop()
+        result.server_cpu_s, result.client_cpu_s, result.others_cores, result.steal_cores = meter.stop()
         # achieved = completions over the time from the first scheduled send to the last completion
         window = max(last_done - t0, duration)
         result.achieved_per_s = result.completed / window
@@ -523,7 +528,7 @@ class Bench:
         result.seconds = time.perf_counter() - started
         for conn in conns:
             conn.close()
-        result.server_cpu_s, result.client_cpu_s, result.others_cores = meter.stop()
+        result.server_cpu_s, result.client_cpu_s, result.others_cores, result.steal_cores = meter.stop()
         if profiler is not None:
             await asyncio.to_thread(profiler.wait, duration + 30)
         result.per_s = result.calls / result.seconds
@@ -867,7 +872,7 @@ def print_load(result: LoadResult) -> None:
         f"  p99 {fmt(result.p99_ms):>8} ms  max {fmt(result.max_ms):>8} ms{lower}  errors {result.errors}"
         f"  unfinished {result.unfinished}  server cpu {result.server_cpu_s:.2f} s"
         f" ({fmt(result.server_us_per_call, 0)} us/call)  client cpu {result.client_cpu_s:.2f} s"
-        f"  others {result.others_cores:.2f} cores",
+        f"  others {result.others_cores:.2f} cores, steal {result.steal_cores:.2f}",
         flush=True,
     )
     if result.first_error:
@@ -881,20 +886,24 @@ def print_table(report: Report) -> None:
     print("load average (1/5/15 min): " + "; ".join(f"{k} {v}" for k, v in report.load_average.items()))
     print(
         "\n| phase | offered/s | achieved/s | p50 ms | p99 ms | max ms | errors | unfinished"
-        " | server CPU us/call | other procs, cores |"
+        " | server CPU us/call | other procs / steal, cores |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in report.load:
         print(
             f"| {r.name} | {r.offered_per_s:g} | {r.achieved_per_s:.0f} | {fmt(r.p50_ms)} | {fmt(r.p99_ms)} |"
-            f" {fmt(r.max_ms)} | {r.errors} | {r.unfinished} | {fmt(r.server_us_per_call, 0)} | {r.others_cores:.2f} |"
+            f" {fmt(r.max_ms)} | {r.errors} | {r.unfinished} | {fmt(r.server_us_per_call, 0)} |"
+            f" {r.others_cores:.2f} / {r.steal_cores:.2f} |"
         )
-    print("\n| ceiling (closed loop) | calls/s | errors | server CPU us/call | client CPU s | other procs, cores |")
+    print(
+        "\n| ceiling (closed loop) | calls/s | errors | server CPU us/call | client CPU s"
+        " | other procs / steal, cores |"
+    )
     print("|---|---|---|---|---|---|")
     for c in report.ceilings:
         print(
             f"| {c.name} | {c.per_s:.0f} | {c.errors} | {fmt(c.server_us_per_call, 0)} | {c.client_cpu_s:.1f} |"
-            f" {c.others_cores:.2f} |"
+            f" {c.others_cores:.2f} / {c.steal_cores:.2f} |"
         )
     by_kind = {c.name.split()[0]: c.per_s for c in report.ceilings}
     if by_kind.get("bare"):
@@ -1018,7 +1027,7 @@ async def run(args: argparse.Namespace, report: Report, workdir: Path, procs: Pr
             print(
                 f"{ceiling.name:<30} {ceiling.per_s:7.0f} calls/s  errors {ceiling.errors}"
                 f"  server cpu {fmt(ceiling.server_us_per_call, 0)} us/call  client cpu {ceiling.client_cpu_s:.1f} s"
-                f"  others {ceiling.others_cores:.2f} cores",
+                f"  others {ceiling.others_cores:.2f} cores, steal {ceiling.steal_cores:.2f}",
                 flush=True,
             )
             if ceiling.first_error:
