@@ -6,6 +6,8 @@ run the module through `ansible` itself (AnsiballZ, respawn into the runtime pyt
 
 from __future__ import annotations
 
+import concurrent.futures
+import datetime
 import json
 import os
 import pwd
@@ -329,6 +331,40 @@ def test_symlinked_credentials_file_is_replaced_not_followed(bridge, params, tmp
     assert victim.read_text() == "keep me"
     assert stat.S_IMODE(victim.stat().st_mode) == 0o644
     assert bridge.token_works(read_file(params)["worker_token"])
+
+
+def test_expired_conversation_is_rotated(bridge, params):
+    created = run(bridge, params, ttl_s=3600, min_lifetime_s=60)
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=2)  # past its expiry
+    client = bridge.admin()
+    result = converge({**params, "min_lifetime_s": 60}, client.call, now=later)
+    assert result["action"] == "rotated"
+    assert result["conversation_id"] == created["conversation_id"]
+
+
+def test_parallel_runs_for_the_whole_fleet(tmp_path, params):
+    """Eight workers provisioned at once (forks), sharing one admin token and the production rate limits."""
+    fleet = start_bridge(tmp_path / "fleet", limits={"calls_per_s": 20, "calls_burst": 60})
+    try:
+        base = {**params, "bridge_url": fleet.url, "admin_token_file": fleet.admin_token_file,
+                "credentials_dir": str(tmp_path / "fleet-credentials")}
+
+        def provision(n: int) -> dict:
+            return converge({**base, "worker_id": str(n), "partner_role": f"role-{n}"}, fleet.admin().call)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(provision, range(1, 9)))
+        assert [r["action"] for r in results] == ["created"] * 8
+        files = sorted(p.name for p in (tmp_path / "fleet-credentials").iterdir())
+        assert files == sorted(f"s2-worker-{n}-credentials.json" for n in range(1, 9))
+        status = fleet.admin().call("fleet_status", {})
+        assert sorted(w["worker_id"] for w in status["workers"]) == [str(n) for n in range(1, 9)]
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            again = list(pool.map(provision, range(1, 9)))
+        assert [r["changed"] for r in again] == [False] * 8
+    finally:
+        stop_bridge(fleet)
 
 
 # --- errors: clear, structured, never a token --------------------------------------------------
