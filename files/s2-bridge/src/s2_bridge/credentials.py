@@ -7,6 +7,7 @@ or log line built here ever contains a token value.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import stat
@@ -240,6 +241,30 @@ class CredentialsWatcher:
         self._identity = file_identity(self.path)
         self.current = load_credentials(self.path)
         return self.current
+
+    def refresh(self, log: logging.Logger) -> bool:
+        """Reload if the file changed; True when new credentials are now in effect.
+
+        A bad new file is logged once (its identity is remembered) and the old credentials stay.
+        """
+        if not self.changed():
+            return False
+        try:
+            creds = self.reload()
+        except ConfigError as exc:
+            problem: ConfigError | None = exc
+        else:
+            problem = None
+        if problem is not None:
+            log.error("credentials file changed but is unusable, keeping the previous credentials: %s", problem)
+            return False
+        log.info(
+            "credentials file changed: now conversation %s, worker %s, expires %s",
+            creds.conversation_id,
+            creds.worker_id,
+            creds.expires_at.isoformat(),
+        )
+        return True
 
 
 def credentials_document(result: dict[str, Any], bridge_url: str, ca_file: str | None) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from s2_bridge.backoff import Backoff, jittered
 from s2_bridge.client import AuthRefused, BridgeClient, BridgeUnavailable
 from s2_bridge.credentials import CredentialsWatcher
 from s2_bridge.daemon import run_until_signal
-from s2_bridge.errors import ConfigError
 
 log = logging.getLogger("s2_bridge.keepalive")
 
@@ -87,24 +86,9 @@ class Keepalive:
             await asyncio.sleep(delay)
 
     def _reload_if_changed(self) -> bool:
-        if not self.watcher.changed():
-            return False
-        try:
-            creds = self.watcher.reload()
-        except ConfigError as exc:
-            problem = exc
-        else:
-            problem = None
-        if problem is not None:
-            log.error("credentials file changed but is unusable, keeping the previous credentials: %s", problem)
+        if not self.watcher.refresh(log):
             return False
         self.refused_once = False
-        log.info(
-            "credentials file changed: now conversation %s, worker %s, expires %s",
-            creds.conversation_id,
-            creds.worker_id,
-            creds.expires_at.isoformat(),
-        )
         return True
 
     def _on_down(self, bridge: BridgeClient, reason: str) -> float:
