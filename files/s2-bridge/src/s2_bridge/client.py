@@ -331,4 +331,9 @@ def _translate(exc: BaseException, recorder: _StatusRecorder, timeout_s: float) 
             if leaf.code == mcp_types.CONNECTION_CLOSED:
                 return BridgeUnavailable(f"connection closed: {leaf.message}")
             return ToolCallError("protocol_error", f"MCP error {leaf.code}: {leaf.message}")
+    # Anything else came out of the SDK talking to a misbehaving peer (a malformed answer, a
+    # proxy's HTML page): daemons must treat it as an outage and retry, not crash on it.
+    first = next((leaf for leaf in leaves if isinstance(leaf, Exception)), None)
+    if first is not None:
+        return BridgeUnavailable(f"unexpected answer ({type(first).__name__}: {first})")
     return None
