@@ -9,7 +9,7 @@ __metaclass__ = type
 
 class ModuleDocFragment(object):
     # The options every s2.fleet module that calls the bridge shares (see module_utils/bridge_client.py).
-    DOCUMENTATION = r'''
+    DOCUMENTATION = r"""
 options:
   bridge_url:
     description:
@@ -47,4 +47,4 @@ options:
 requirements:
   - The s2-bridge runtime (Python >= 3.11 with C(mcp) and C(httpx2)) on the managed host, installed by the
     C(s2.fleet.mcp_bridge) role; the module finds it through O(runtime_python).
-'''
+"""

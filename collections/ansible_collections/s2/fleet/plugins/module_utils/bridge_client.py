@@ -39,33 +39,33 @@ except ImportError:
 else:
     HAS_MCP = True
 
-DEFAULT_ADMIN_TOKEN_FILE = '/var/lib/s2-bridge/admin.token'
-DEFAULT_RUNTIME_PYTHON = '/opt/s2-bridge/venv/bin/python'
+DEFAULT_ADMIN_TOKEN_FILE = "/var/lib/s2-bridge/admin.token"
+DEFAULT_RUNTIME_PYTHON = "/opt/s2-bridge/venv/bin/python"
 
 # Every token the bridge issues: s2a_ (admin), s2c_ (coordinator), s2w_ (worker) + base64url.
-TOKEN_PATTERN = re.compile(r's2[acw]_[A-Za-z0-9_-]{20,}')
+TOKEN_PATTERN = re.compile(r"s2[acw]_[A-Za-z0-9_-]{20,}")
 
 # Options every module that talks to the bridge shares (merged into each argument_spec).
 BRIDGE_ARGUMENT_SPEC = {
-    'bridge_url': {'type': 'str', 'required': True},
-    'ca_path': {'type': 'path'},
-    'admin_token_file': {'type': 'path', 'default': DEFAULT_ADMIN_TOKEN_FILE},
-    'runtime_python': {'type': 'path', 'default': DEFAULT_RUNTIME_PYTHON},
-    'timeout_s': {'type': 'float', 'default': 30.0},
+    "bridge_url": {"type": "str", "required": True},
+    "ca_path": {"type": "path"},
+    "admin_token_file": {"type": "path", "default": DEFAULT_ADMIN_TOKEN_FILE},
+    "runtime_python": {"type": "path", "default": DEFAULT_RUNTIME_PYTHON},
+    "timeout_s": {"type": "float", "default": 30.0},
 }
 
-MISSING_LIB_NAME = 'mcp (the s2-bridge runtime venv)'
+MISSING_LIB_NAME = "mcp (the s2-bridge runtime venv)"
 RATE_LIMIT_RETRIES = 3
 RATE_LIMIT_MAX_WAIT_S = 5.0
 
 
 def redact(text, secrets=()):
     """Return text with every known secret and every token-shaped string replaced."""
-    text = '%s' % (text,)
+    text = "%s" % (text,)
     for secret in secrets:
         if secret:
-            text = text.replace(secret, '********')
-    return TOKEN_PATTERN.sub('********', text)
+            text = text.replace(secret, "********")
+    return TOKEN_PATTERN.sub("********", text)
 
 
 class BridgeError(Exception):
@@ -75,7 +75,7 @@ class BridgeError(Exception):
     bad_result for failures found on this side.  No field ever holds a token.
     """
 
-    def __init__(self, message, code='error', field=None, fix=None, tool=None):
+    def __init__(self, message, code="error", field=None, fix=None, tool=None):
         self.code = code
         self.field = field
         self.message = redact(message)
@@ -84,42 +84,49 @@ class BridgeError(Exception):
         super(BridgeError, self).__init__(self.describe())
 
     def describe(self):
-        where = ' (tool %s)' % self.tool if self.tool else ''
-        text = 'bridge error %s%s: %s' % (self.code, where, self.message)
+        where = " (tool %s)" % self.tool if self.tool else ""
+        text = "bridge error %s%s: %s" % (self.code, where, self.message)
         if self.field:
-            text += ' [field: %s]' % self.field
+            text += " [field: %s]" % self.field
         if self.fix:
-            text += ' Fix: %s' % self.fix
+            text += " Fix: %s" % self.fix
         return text
 
     def to_dict(self):
-        return {'code': self.code, 'field': self.field, 'message': self.message, 'fix': self.fix, 'tool': self.tool}
+        return {"code": self.code, "field": self.field, "message": self.message, "fix": self.fix, "tool": self.tool}
 
 
 def read_admin_token(path):
     """Read the admin token from path.  Errors name the file and the fix, never the content."""
     try:
-        with open(path, 'rb') as f:
+        with open(path, "rb") as f:
             raw = f.read(4096)
     except (IOError, OSError) as exc:
-        if getattr(exc, 'errno', None) == 2:
+        if getattr(exc, "errno", None) == 2:
             raise BridgeError(
-                'admin token file %s does not exist' % path, code='admin_token_file', field='admin_token_file',
-                fix='the bridge writes it on its first start: start s2-bridge.service on this host '
-                    '(role s2.fleet.mcp_bridge) or set admin_token_file to the right path') from None
+                "admin token file %s does not exist" % path,
+                code="admin_token_file",
+                field="admin_token_file",
+                fix="the bridge writes it on its first start: start s2-bridge.service on this host "
+                "(role s2.fleet.mcp_bridge) or set admin_token_file to the right path",
+            ) from None
         raise BridgeError(
-            'cannot read admin token file %s (%s)' % (path, getattr(exc, 'strerror', None) or exc),
-            code='admin_token_file', field='admin_token_file',
-            fix='run the task with become: true (the file is 0600, owned by s2-bridge)') from None
+            "cannot read admin token file %s (%s)" % (path, getattr(exc, "strerror", None) or exc),
+            code="admin_token_file",
+            field="admin_token_file",
+            fix="run the task with become: true (the file is 0600, owned by s2-bridge)",
+        ) from None
     try:
-        token = raw.decode('utf-8').strip()
+        token = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
-        token = ''
+        token = ""
     if not token or len(token.split()) != 1:
         raise BridgeError(
-            'admin token file %s is empty or malformed' % path, code='admin_token_file',
-            field='admin_token_file',
-            fix='remove it and restart s2-bridge.service so the bridge writes a new one')
+            "admin token file %s is empty or malformed" % path,
+            code="admin_token_file",
+            field="admin_token_file",
+            fix="remove it and restart s2-bridge.service so the bridge writes a new one",
+        )
     return token
 
 
@@ -128,18 +135,26 @@ def make_ssl_context(ca_path):
     if not ca_path:
         return ssl.create_default_context()
     if not os.path.isfile(ca_path):
-        raise BridgeError('CA file %s does not exist' % ca_path, code='ca_path', field='ca_path',
-                          fix='point ca_path at the fleet CA (e.g. /etc/s2-bridge/tls/ca.crt)')
+        raise BridgeError(
+            "CA file %s does not exist" % ca_path,
+            code="ca_path",
+            field="ca_path",
+            fix="point ca_path at the fleet CA (e.g. /etc/s2-bridge/tls/ca.crt)",
+        )
     try:
         return ssl.create_default_context(cafile=ca_path)
     except (ssl.SSLError, OSError) as exc:
-        raise BridgeError('cannot load CA file %s (%s)' % (ca_path, exc), code='ca_path', field='ca_path',
-                          fix='point ca_path at a PEM CA certificate') from None
+        raise BridgeError(
+            "cannot load CA file %s (%s)" % (ca_path, exc),
+            code="ca_path",
+            field="ca_path",
+            fix="point ca_path at a PEM CA certificate",
+        ) from None
 
 
 def _leaf_exceptions(exc):
     """Flatten (Base)ExceptionGroups raised by anyio task groups into their leaf exceptions."""
-    inner = getattr(exc, 'exceptions', None)
+    inner = getattr(exc, "exceptions", None)
     if not inner:
         return [exc]
     leaves = []
@@ -153,42 +168,54 @@ def _describe_transport_error(exc, url):
     leaves = _leaf_exceptions(exc)
     status = None
     for leaf in leaves:
-        response = getattr(leaf, 'response', None)
-        status = getattr(response, 'status_code', None)
+        response = getattr(leaf, "response", None)
+        status = getattr(response, "status_code", None)
         if status is not None:
             return _error_from_http_response(response, url)
     leaf = leaves[0]
     name = type(leaf).__name__
-    text = '%s' % (leaf,)
-    if isinstance(leaf, ssl.SSLError) or 'CERTIFICATE_VERIFY_FAILED' in text:
-        return BridgeError('TLS verification of %s failed: %s' % (url, text), code='tls', field='ca_path',
-                           fix='set ca_path to the fleet CA that signed the bridge certificate')
+    text = "%s" % (leaf,)
+    if isinstance(leaf, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in text:
+        return BridgeError(
+            "TLS verification of %s failed: %s" % (url, text),
+            code="tls",
+            field="ca_path",
+            fix="set ca_path to the fleet CA that signed the bridge certificate",
+        )
     if HAS_MCP and isinstance(leaf, (httpx2.ConnectError, httpx2.TimeoutException, OSError)):
-        return BridgeError('cannot reach the bridge at %s: %s: %s' % (url, name, text), code='unreachable',
-                           field='bridge_url',
-                           fix='check that s2-bridge.service runs and bridge_url (scheme, host, port, /mcp) '
-                               'is right')
-    return BridgeError('call to the bridge at %s failed: %s: %s' % (url, name, text), code='protocol',
-                       field='bridge_url', fix='check bridge_url and the bridge log (journalctl -u s2-bridge)')
+        return BridgeError(
+            "cannot reach the bridge at %s: %s: %s" % (url, name, text),
+            code="unreachable",
+            field="bridge_url",
+            fix="check that s2-bridge.service runs and bridge_url (scheme, host, port, /mcp) is right",
+        )
+    return BridgeError(
+        "call to the bridge at %s failed: %s: %s" % (url, name, text),
+        code="protocol",
+        field="bridge_url",
+        fix="check bridge_url and the bridge log (journalctl -u s2-bridge)",
+    )
 
 
 def _error_from_http_response(response, url):
     status = response.status_code
-    code, field, message, fix = 'http_%s' % status, None, 'HTTP %s from %s' % (status, url), None
+    code, field, message, fix = "http_%s" % status, None, "HTTP %s from %s" % (status, url), None
     try:
-        body = json.loads(response.content.decode('utf-8'))
+        body = json.loads(response.content.decode("utf-8"))
     except Exception:
         body = None
-    if isinstance(body, dict) and isinstance(body.get('error'), dict):
-        err = body['error']
-        code = err.get('code') or code
-        field = err.get('field')
-        message = '%s (HTTP %s)' % (err.get('message') or message, status)
-        fix = err.get('fix')
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        code = err.get("code") or code
+        field = err.get("field")
+        message = "%s (HTTP %s)" % (err.get("message") or message, status)
+        fix = err.get("fix")
     if status == 401:
-        field = 'admin_token_file'
-        fix = ('the bridge refused the admin token: use the admin_token_file of the bridge bridge_url points at '
-               '(the bridge replaces a stale file when it starts)')
+        field = "admin_token_file"
+        fix = (
+            "the bridge refused the admin token: use the admin_token_file of the bridge bridge_url points at "
+            "(the bridge replaces a stale file when it starts)"
+        )
     return BridgeError(message, code=code, field=field, fix=fix)
 
 
@@ -198,31 +225,40 @@ def parse_tool_error(text, tool=None):
         body = json.loads(text)
     except (TypeError, ValueError):
         body = None
-    err = body.get('error') if isinstance(body, dict) else None
+    err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict):
-        return BridgeError(err.get('message') or 'tool call failed', code=err.get('code') or 'error',
-                           field=err.get('field'), fix=err.get('fix'), tool=tool)
-    return BridgeError(text or 'tool call failed', code='error', tool=tool)
+        return BridgeError(
+            err.get("message") or "tool call failed",
+            code=err.get("code") or "error",
+            field=err.get("field"),
+            fix=err.get("fix"),
+            tool=tool,
+        )
+    return BridgeError(text or "tool call failed", code="error", tool=tool)
 
 
 def result_to_dict(result, tool=None):
     """The structured content of a CallToolResult, or BridgeError for is_error results."""
     text = None
-    for block in getattr(result, 'content', None) or []:
-        text = getattr(block, 'text', None)
+    for block in getattr(result, "content", None) or []:
+        text = getattr(block, "text", None)
         if text is not None:
             break
-    if getattr(result, 'is_error', False):
+    if getattr(result, "is_error", False):
         raise parse_tool_error(text, tool=tool)
-    data = getattr(result, 'structured_content', None)
+    data = getattr(result, "structured_content", None)
     if data is None and text is not None:
         try:
             data = json.loads(text)
         except ValueError:
             data = None
     if not isinstance(data, dict):
-        raise BridgeError('tool %s returned no JSON object' % tool, code='bad_result', tool=tool,
-                          fix='the bridge and this collection disagree on the tool contract: upgrade both')
+        raise BridgeError(
+            "tool %s returned no JSON object" % tool,
+            code="bad_result",
+            tool=tool,
+            fix="the bridge and this collection disagree on the tool contract: upgrade both",
+        )
     # 2025 protocol servers may wrap a non-object result as {"result": ...}; every s2 tool returns an object.
     return data
 
@@ -236,13 +272,16 @@ class BridgeClient(object):
 
     def __init__(self, bridge_url, token, ca_path=None, timeout_s=30.0):
         if not HAS_MCP:
-            raise BridgeError('the MCP client library is not importable', code='missing_library',
-                              fix='run the module with the s2-bridge runtime venv python')
+            raise BridgeError(
+                "the MCP client library is not importable",
+                code="missing_library",
+                fix="run the module with the s2-bridge runtime venv python",
+            )
         self.bridge_url = bridge_url
         self.ca_path = ca_path
         self.timeout_s = float(timeout_s)
         self._token = token
-        self._ssl = make_ssl_context(ca_path) if bridge_url.lower().startswith('https://') else None
+        self._ssl = make_ssl_context(ca_path) if bridge_url.lower().startswith("https://") else None
 
     @classmethod
     def from_token_file(cls, bridge_url, admin_token_file, ca_path=None, timeout_s=30.0):
@@ -260,14 +299,17 @@ class BridgeClient(object):
                 await response.aread()
                 failures.append(response)
 
-        headers = {'Authorization': 'Bearer %s' % self._token}
-        kwargs = {'headers': headers, 'timeout': httpx2.Timeout(self.timeout_s),
-                  'event_hooks': {'response': [remember_failure]}}
+        headers = {"Authorization": "Bearer %s" % self._token}
+        kwargs = {
+            "headers": headers,
+            "timeout": httpx2.Timeout(self.timeout_s),
+            "event_hooks": {"response": [remember_failure]},
+        }
         if self._ssl is not None:
-            kwargs['verify'] = self._ssl
+            kwargs["verify"] = self._ssl
         async with httpx2.AsyncClient(**kwargs) as http:
             transport = streamable_http_client(self.bridge_url, http_client=http)
-            async with Client(transport, mode='auto', read_timeout_seconds=self.timeout_s) as client:
+            async with Client(transport, mode="auto", read_timeout_seconds=self.timeout_s) as client:
                 return await client.call_tool(tool, arguments)
 
     def call(self, tool, arguments=None):
@@ -284,9 +326,13 @@ class BridgeClient(object):
             except BridgeError:
                 raise
             except (asyncio.TimeoutError, TimeoutError):
-                raise BridgeError('no answer from the bridge at %s within %ss' % (self.bridge_url, self.timeout_s),
-                                  code='unreachable', field='bridge_url', tool=tool,
-                                  fix='check that s2-bridge.service runs and answers GET /healthz') from None
+                raise BridgeError(
+                    "no answer from the bridge at %s within %ss" % (self.bridge_url, self.timeout_s),
+                    code="unreachable",
+                    field="bridge_url",
+                    tool=tool,
+                    fix="check that s2-bridge.service runs and answers GET /healthz",
+                ) from None
             except Exception as exc:  # anything the transport raises: turn it into one clear error
                 delay = _retry_after(failures[-1]) if failures and failures[-1].status_code == 429 else None
                 if delay is not None and attempt < RATE_LIMIT_RETRIES:
@@ -299,7 +345,7 @@ class BridgeClient(object):
                 err.message = redact(err.message, self.secrets)
                 raise BridgeError(err.message, code=err.code, field=err.field, fix=err.fix, tool=tool) from None
             return result_to_dict(result, tool=tool)
-        raise AssertionError('unreachable')  # the loop always returns or raises
+        raise AssertionError("unreachable")  # the loop always returns or raises
 
 
 def _retry_after(response):
@@ -309,7 +355,7 @@ def _retry_after(response):
     failed authentications from this address) is not waited for.
     """
     try:
-        delay = float(response.headers.get('retry-after', '1'))
+        delay = float(response.headers.get("retry-after", "1"))
     except (TypeError, ValueError):
         delay = 1.0
     return max(delay, 0.2) if delay <= RATE_LIMIT_MAX_WAIT_S else None
@@ -324,21 +370,23 @@ def ensure_mcp(module):
     """
     if HAS_MCP:
         return
-    interpreter = module.params.get('runtime_python')
+    interpreter = module.params.get("runtime_python")
     if interpreter and not has_respawned() and os.path.isfile(interpreter) and os.access(interpreter, os.X_OK):
         respawn_module(interpreter)
-    reason = ('to talk to the bridge; runtime_python %s %s. Install the runtime with the s2.fleet.mcp_bridge '
-              'role or set runtime_python to a Python that has the s2-bridge package'
-              % (interpreter, 'was tried and also lacks it' if has_respawned() else 'does not exist'))
+    reason = (
+        "to talk to the bridge; runtime_python %s %s. Install the runtime with the s2.fleet.mcp_bridge "
+        "role or set runtime_python to a Python that has the s2-bridge package"
+        % (interpreter, "was tried and also lacks it" if has_respawned() else "does not exist")
+    )
     module.fail_json(msg=missing_required_lib(MISSING_LIB_NAME, reason=reason), exception=MCP_IMPORT_ERROR)
 
 
 def client_for_module(module):
     """A BridgeClient built from the module's common options, the admin token registered as no_log."""
     params = module.params
-    token = read_admin_token(params['admin_token_file'])
+    token = read_admin_token(params["admin_token_file"])
     module.no_log_values.add(token)
-    return BridgeClient(params['bridge_url'], token, ca_path=params.get('ca_path'), timeout_s=params['timeout_s'])
+    return BridgeClient(params["bridge_url"], token, ca_path=params.get("ca_path"), timeout_s=params["timeout_s"])
 
 
 def fail_with_bridge_error(module, err, **result):

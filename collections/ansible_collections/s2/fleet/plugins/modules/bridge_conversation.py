@@ -7,7 +7,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-DOCUMENTATION = r'''
+DOCUMENTATION = r"""
 ---
 module: bridge_conversation
 short_description: Create, keep, rotate and revoke one worker's conversation on the s2 bridge
@@ -108,9 +108,9 @@ notes:
   - The credentials role pushes each worker its own copy of the file, without the coordinator token.
 seealso:
   - module: s2.fleet.fleet_status_info
-'''
+"""
 
-EXAMPLES = r'''
+EXAMPLES = r"""
 - name: Worker 3 has a conversation with at least a week of life left
   s2.fleet.bridge_conversation:
     bridge_url: https://orchestrator.example:8443/mcp
@@ -146,9 +146,9 @@ EXAMPLES = r'''
     worker_id: "3"
     state: absent
   become: true
-'''
+"""
 
-RETURN = r'''
+RETURN = r"""
 action:
   description:
     - What the module did (or would do in check mode).
@@ -191,7 +191,7 @@ revoked_conversation_ids:
   type: list
   elements: str
   sample: []
-'''
+"""
 
 import datetime
 import grp
@@ -212,12 +212,21 @@ from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import (
     redact,
 )
 
-WORKER_ID_PATTERN = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$')
+WORKER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # The credentials contract (docs/CONTRACTS.md), in the order the file lists them.
-CREDENTIAL_FIELDS = ('conversation_id', 'worker_id', 'worker_role', 'coordinator_token', 'worker_token',
-                     'created_at', 'expires_at', 'bridge_url', 'ca_file')
-TOKEN_FIELDS = ('coordinator_token', 'worker_token')
+CREDENTIAL_FIELDS = (
+    "conversation_id",
+    "worker_id",
+    "worker_role",
+    "coordinator_token",
+    "worker_token",
+    "created_at",
+    "expires_at",
+    "bridge_url",
+    "ca_file",
+)
+TOKEN_FIELDS = ("coordinator_token", "worker_token")
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 UTC = datetime.timezone.utc
@@ -233,7 +242,7 @@ class ConversationError(Exception):
 
 
 def credentials_path(credentials_dir, worker_id):
-    return os.path.join(credentials_dir, 's2-worker-%s-credentials.json' % worker_id)
+    return os.path.join(credentials_dir, "s2-worker-%s-credentials.json" % worker_id)
 
 
 def utcnow():
@@ -245,8 +254,8 @@ def parse_time(value):
     if not isinstance(value, str) or not value.strip():
         return None
     text = value.strip()
-    if text.endswith(('Z', 'z')):
-        text = text[:-1] + '+00:00'
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
     try:
         parsed = datetime.datetime.fromisoformat(text)
     except ValueError:
@@ -257,7 +266,7 @@ def parse_time(value):
 
 
 def iso(moment):
-    return moment.astimezone(UTC).isoformat(timespec='seconds')
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def resolve_ids(owner, group):
@@ -267,12 +276,12 @@ def resolve_ids(owner, group):
         try:
             uid = int(owner) if owner.isdigit() else pwd.getpwnam(owner).pw_uid
         except KeyError:
-            raise ConversationError('owner %s: no such user on this host' % owner) from None
+            raise ConversationError("owner %s: no such user on this host" % owner) from None
     if group:
         try:
             gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
         except KeyError:
-            raise ConversationError('group %s: no such group on this host' % group) from None
+            raise ConversationError("group %s: no such group on this host" % group) from None
     return uid, gid
 
 
@@ -281,11 +290,11 @@ def read_credentials(path):
     if not os.path.isfile(path) or os.path.islink(path):
         return None
     try:
-        with open(path, 'r') as f:
+        with open(path, "r") as f:
             data = json.load(f)
     except (IOError, OSError, ValueError):
         return None
-    if not isinstance(data, dict) or not isinstance(data.get('conversation_id'), str):
+    if not isinstance(data, dict) or not isinstance(data.get("conversation_id"), str):
         return None
     if not all(isinstance(data.get(name), str) and data.get(name) for name in TOKEN_FIELDS):
         return None
@@ -302,8 +311,7 @@ def file_needs_fix(path, uid, gid):
         st = os.lstat(path)
     except OSError:
         return True
-    return (not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != FILE_MODE
-            or not _owned_as_wanted(st, uid, gid))
+    return not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != FILE_MODE or not _owned_as_wanted(st, uid, gid)
 
 
 def directory_needs_fix(path, uid, gid):
@@ -327,13 +335,13 @@ def ensure_directory(path, uid, gid):
 def write_credentials(path, content, uid, gid):
     """Write content as JSON to path atomically: a 0600 temporary file in the same directory, then rename."""
     directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(path), suffix='.tmp', dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, FILE_MODE)
         if uid != -1 or gid != -1:
             os.fchown(fd, uid, gid)
-        with os.fdopen(fd, 'w') as f:
-            f.write(json.dumps(content, indent=2) + '\n')
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(content, indent=2) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -347,34 +355,45 @@ def describe(conv=None, data=None, path=None):
     """Diff metadata of a conversation and/or its credentials file: never a token."""
     out = {}
     if data:
-        for name in ('conversation_id', 'worker_id', 'worker_role', 'expires_at'):
+        for name in ("conversation_id", "worker_id", "worker_role", "expires_at"):
             out[name] = data.get(name)
     if conv:
-        out.update(conversation_id=conv.get('conversation_id'), worker_id='%s' % conv.get('worker_id'),
-                   coordinator_role=conv.get('coordinator_role'), worker_role=conv.get('worker_role'),
-                   expires_at=conv.get('expires_at'))
+        out.update(
+            conversation_id=conv.get("conversation_id"),
+            worker_id="%s" % conv.get("worker_id"),
+            coordinator_role=conv.get("coordinator_role"),
+            worker_role=conv.get("worker_role"),
+            expires_at=conv.get("expires_at"),
+        )
     if out and path:
-        out['credentials_path'] = path
+        out["credentials_path"] = path
     return out
 
 
 def _new_credentials(issued, params, tool):
     """The credentials file content from a create/rotate result; BridgeError when a field is missing."""
-    missing = [name for name in ('conversation_id', 'expires_at') + TOKEN_FIELDS
-               if not isinstance(issued.get(name), str) or not issued.get(name)]
+    missing = [
+        name
+        for name in ("conversation_id", "expires_at") + TOKEN_FIELDS
+        if not isinstance(issued.get(name), str) or not issued.get(name)
+    ]
     if missing:
-        raise BridgeError('%s result lacks %s' % (tool, ', '.join(missing)), code='bad_result', tool=tool,
-                          fix='the bridge and this collection disagree on the tool contract: upgrade both')
+        raise BridgeError(
+            "%s result lacks %s" % (tool, ", ".join(missing)),
+            code="bad_result",
+            tool=tool,
+            fix="the bridge and this collection disagree on the tool contract: upgrade both",
+        )
     values = {
-        'conversation_id': issued['conversation_id'],
-        'worker_id': '%s' % (issued.get('worker_id') or params['worker_id']),
-        'worker_role': issued.get('worker_role') or params['partner_role'],
-        'coordinator_token': issued['coordinator_token'],
-        'worker_token': issued['worker_token'],
-        'created_at': issued.get('created_at'),
-        'expires_at': issued['expires_at'],
-        'bridge_url': params['bridge_url'],
-        'ca_file': params['ca_file_for_workers'],
+        "conversation_id": issued["conversation_id"],
+        "worker_id": "%s" % (issued.get("worker_id") or params["worker_id"]),
+        "worker_role": issued.get("worker_role") or params["partner_role"],
+        "coordinator_token": issued["coordinator_token"],
+        "worker_token": issued["worker_token"],
+        "created_at": issued.get("created_at"),
+        "expires_at": issued["expires_at"],
+        "bridge_url": params["bridge_url"],
+        "ca_file": params["ca_file_for_workers"],
     }
     return {name: values[name] for name in CREDENTIAL_FIELDS}
 
@@ -386,21 +405,24 @@ def plan(params, conversations, data, file_ok, now):
     target: the live conversation kept or rotated (None for created/absent).
     revoke: the live conversations to revoke.
     """
-    state = params['state']
-    worker_id = params['worker_id']
-    live = [c for c in conversations
-            if isinstance(c, dict) and not c.get('revoked') and '%s' % c.get('worker_id') == worker_id]
-    live.sort(key=lambda c: parse_time(c.get('created_at')) or EPOCH, reverse=True)  # newest first
+    state = params["state"]
+    worker_id = params["worker_id"]
+    live = [
+        c
+        for c in conversations
+        if isinstance(c, dict) and not c.get("revoked") and "%s" % c.get("worker_id") == worker_id
+    ]
+    live.sort(key=lambda c: parse_time(c.get("created_at")) or EPOCH, reverse=True)  # newest first
     file_conv = None
     if data:
-        file_conv = next((c for c in live if c.get('conversation_id') == data['conversation_id']), None)
+        file_conv = next((c for c in live if c.get("conversation_id") == data["conversation_id"]), None)
 
-    if state == 'absent':
-        file_exists = os.path.lexists(credentials_path(params['credentials_dir'], worker_id))
-        return ('revoked' if live or file_exists else 'absent'), None, live
+    if state == "absent":
+        file_exists = os.path.lexists(credentials_path(params["credentials_dir"], worker_id))
+        return ("revoked" if live or file_exists else "absent"), None, live
 
     def roles_ok(conv):
-        return conv.get('coordinator_role') == params['my_role'] and conv.get('worker_role') == params['partner_role']
+        return conv.get("coordinator_role") == params["my_role"] and conv.get("worker_role") == params["partner_role"]
 
     target = file_conv
     if target is None and live:
@@ -411,27 +433,30 @@ def plan(params, conversations, data, file_ok, now):
         target = None
 
     if target is None:
-        return 'created', None, revoke
-    if state == 'rotated' or target is not file_conv:
-        return 'rotated', target, revoke
-    bridge_expiry = parse_time(target.get('expires_at'))
+        return "created", None, revoke
+    if state == "rotated" or target is not file_conv:
+        return "rotated", target, revoke
+    bridge_expiry = parse_time(target.get("expires_at"))
     if bridge_expiry is None:
-        raise BridgeError('list_conversations gave no expires_at for %s' % target.get('conversation_id'),
-                          code='bad_result', tool='list_conversations')
-    if parse_time(data.get('expires_at')) != bridge_expiry:
+        raise BridgeError(
+            "list_conversations gave no expires_at for %s" % target.get("conversation_id"),
+            code="bad_result",
+            tool="list_conversations",
+        )
+    if parse_time(data.get("expires_at")) != bridge_expiry:
         # The file holds tokens of an older generation (a rotation whose file write was lost).
-        return 'rotated', target, revoke
-    if (bridge_expiry - now).total_seconds() < params['min_lifetime_s']:
-        return 'rotated', target, revoke
+        return "rotated", target, revoke
+    if (bridge_expiry - now).total_seconds() < params["min_lifetime_s"]:
+        return "rotated", target, revoke
     if not file_ok or desired_from_file(data, params) != data:
-        return 'updated', target, revoke
-    return 'unchanged', target, revoke
+        return "updated", target, revoke
+    return "unchanged", target, revoke
 
 
 def desired_from_file(data, params):
     """The file's content with the settings this run asks for (same tokens)."""
     values = dict(data)
-    values.update(worker_id=params['worker_id'], bridge_url=params['bridge_url'], ca_file=params['ca_file_for_workers'])
+    values.update(worker_id=params["worker_id"], bridge_url=params["bridge_url"], ca_file=params["ca_file_for_workers"])
     return {name: values.get(name) for name in CREDENTIAL_FIELDS}
 
 
@@ -444,116 +469,143 @@ def converge(params, call, check_mode=False, on_secret=None, now=None):
     """
     now = now or utcnow()
     on_secret = on_secret or (lambda value: None)
-    worker_id = params['worker_id']
-    path = credentials_path(params['credentials_dir'], worker_id)
-    uid, gid = resolve_ids(params.get('owner'), params.get('group'))
+    worker_id = params["worker_id"]
+    path = credentials_path(params["credentials_dir"], worker_id)
+    uid, gid = resolve_ids(params.get("owner"), params.get("group"))
 
-    listing = call('list_conversations', {'include_revoked': False})
-    conversations = listing.get('conversations')
+    listing = call("list_conversations", {"include_revoked": False})
+    conversations = listing.get("conversations")
     if not isinstance(conversations, list):
-        raise BridgeError('list_conversations returned no conversations list', code='bad_result',
-                          tool='list_conversations')
+        raise BridgeError(
+            "list_conversations returned no conversations list", code="bad_result", tool="list_conversations"
+        )
     data = read_credentials(path)
     for name in TOKEN_FIELDS:
         if data and data.get(name):
             on_secret(data[name])
-    file_ok = data is not None and not file_needs_fix(path, uid, gid) and not directory_needs_fix(
-        params['credentials_dir'], uid, gid)
+    file_ok = (
+        data is not None
+        and not file_needs_fix(path, uid, gid)
+        and not directory_needs_fix(params["credentials_dir"], uid, gid)
+    )
 
     action, target, revoke = plan(params, conversations, data, file_ok, now)
     before_conv = target if target is not None else (revoke[0] if revoke else None)
     before = describe(before_conv, data, path if data else None)
-    revoked_ids = [c.get('conversation_id') for c in revoke]
+    revoked_ids = [c.get("conversation_id") for c in revoke]
 
-    result = {'action': action, 'worker_id': worker_id, 'credentials_path': path,
-              'revoked_conversation_ids': revoked_ids}
-    changed = action not in ('unchanged', 'absent') or bool(revoke)
+    result = {
+        "action": action,
+        "worker_id": worker_id,
+        "credentials_path": path,
+        "revoked_conversation_ids": revoked_ids,
+    }
+    changed = action not in ("unchanged", "absent") or bool(revoke)
     mutated = []
 
     def fail_after(err):
         if not mutated:
             raise err
-        raise ConversationError('%s (after %s had already been done)' % (err, ', '.join(mutated)), changed=True)
+        raise ConversationError("%s (after %s had already been done)" % (err, ", ".join(mutated)), changed=True)
 
     def revoke_all():
         for conv in revoke:
             if not check_mode:
-                call('revoke_conversation', {'conversation_id': conv.get('conversation_id')})
-                mutated.append('revoke_conversation %s' % conv.get('conversation_id'))
+                call("revoke_conversation", {"conversation_id": conv.get("conversation_id")})
+                mutated.append("revoke_conversation %s" % conv.get("conversation_id"))
 
     after = {}
     issued = None
     try:
-        if action == 'created':
+        if action == "created":
             # The bridge allows one live conversation per worker: a replaced one goes first.
             revoke_all()
-        if action in ('created', 'rotated'):
+        if action in ("created", "rotated"):
             if check_mode:
-                expires = iso(now + datetime.timedelta(seconds=params['ttl_s']))
-                conv = dict(target or {}, worker_id=worker_id, coordinator_role=params['my_role'],
-                            worker_role=params['partner_role'], expires_at=expires)
+                expires = iso(now + datetime.timedelta(seconds=params["ttl_s"]))
+                conv = dict(
+                    target or {},
+                    worker_id=worker_id,
+                    coordinator_role=params["my_role"],
+                    worker_role=params["partner_role"],
+                    expires_at=expires,
+                )
                 if target is None:
-                    conv['conversation_id'] = None
+                    conv["conversation_id"] = None
                 after = describe(conv, None, path)
             else:
-                if action == 'created':
-                    tool = 'create_conversation'
-                    issued = call(tool, {'my_role': params['my_role'], 'partner_role': params['partner_role'],
-                                         'worker_id': worker_id, 'ttl_s': params['ttl_s']})
+                if action == "created":
+                    tool = "create_conversation"
+                    issued = call(
+                        tool,
+                        {
+                            "my_role": params["my_role"],
+                            "partner_role": params["partner_role"],
+                            "worker_id": worker_id,
+                            "ttl_s": params["ttl_s"],
+                        },
+                    )
                 else:
-                    tool = 'rotate_conversation'
-                    issued = call(tool, {'conversation_id': target['conversation_id'], 'ttl_s': params['ttl_s']})
+                    tool = "rotate_conversation"
+                    issued = call(tool, {"conversation_id": target["conversation_id"], "ttl_s": params["ttl_s"]})
                 for name in TOKEN_FIELDS:
                     if isinstance(issued.get(name), str) and issued.get(name):
                         on_secret(issued[name])
-                mutated.append('%s %s' % (tool, issued.get('conversation_id')))
+                mutated.append("%s %s" % (tool, issued.get("conversation_id")))
                 content = _new_credentials(issued, params, tool)
-                ensure_directory(params['credentials_dir'], uid, gid)
+                ensure_directory(params["credentials_dir"], uid, gid)
                 write_credentials(path, content, uid, gid)
-                mutated.append('writing %s' % path)
-                after = describe(dict(issued, coordinator_role=issued.get('coordinator_role', params['my_role'])),
-                                 None, path)
-        elif action in ('updated', 'unchanged'):
-            if action == 'updated' and not check_mode:
-                ensure_directory(params['credentials_dir'], uid, gid)
+                mutated.append("writing %s" % path)
+                after = describe(
+                    dict(issued, coordinator_role=issued.get("coordinator_role", params["my_role"])), None, path
+                )
+        elif action in ("updated", "unchanged"):
+            if action == "updated" and not check_mode:
+                ensure_directory(params["credentials_dir"], uid, gid)
                 write_credentials(path, desired_from_file(data, params), uid, gid)
-                mutated.append('writing %s' % path)
+                mutated.append("writing %s" % path)
             after = describe(target, desired_from_file(data, params), path)
 
-        if action != 'created':
+        if action != "created":
             revoke_all()
 
-        if action == 'revoked' and os.path.lexists(path) and not check_mode:
+        if action == "revoked" and os.path.lexists(path) and not check_mode:
             os.remove(path)
-            mutated.append('removing %s' % path)
+            mutated.append("removing %s" % path)
     except (BridgeError, IOError, OSError) as err:
         fail_after(err)
 
-    if action in ('revoked', 'absent'):
-        gone = (data or {}).get('conversation_id') or (revoked_ids[0] if revoked_ids else None)
-        result.update(conversation_id=gone, worker_role=(data or {}).get('worker_role') or (
-            revoke[0].get('worker_role') if revoke else None), expires_at=None)
+    if action in ("revoked", "absent"):
+        gone = (data or {}).get("conversation_id") or (revoked_ids[0] if revoked_ids else None)
+        result.update(
+            conversation_id=gone,
+            worker_role=(data or {}).get("worker_role") or (revoke[0].get("worker_role") if revoke else None),
+            expires_at=None,
+        )
     else:
-        result.update(conversation_id=after.get('conversation_id'), worker_role=after.get('worker_role'),
-                      expires_at=after.get('expires_at'))
-    result['changed'] = changed
-    result['diff'] = {'before': before, 'after': after}
+        result.update(
+            conversation_id=after.get("conversation_id"),
+            worker_role=after.get("worker_role"),
+            expires_at=after.get("expires_at"),
+        )
+    result["changed"] = changed
+    result["diff"] = {"before": before, "after": after}
     return result
 
 
 def argument_spec():
     spec = dict(BRIDGE_ARGUMENT_SPEC)
     spec.update(
-        my_role={'type': 'str', 'default': 's2-orchestrator'},
-        partner_role={'type': 'str'},
-        worker_id={'type': 'str', 'required': True},
-        ttl_s={'type': 'int', 'default': 2592000},
-        min_lifetime_s={'type': 'int', 'default': 604800},
-        state={'type': 'str', 'default': 'present', 'choices': ['present', 'absent', 'rotated']},
-        credentials_dir={'type': 'path', 'default': '/var/lib/s2-fleet/credentials'},
-        owner={'type': 'str'},
-        group={'type': 'str'},
-        ca_file_for_workers={'type': 'str', 'default': '/etc/s2-fleet/ca.crt'},
+        my_role={"type": "str", "default": "s2-orchestrator"},
+        partner_role={"type": "str"},
+        worker_id={"type": "str", "required": True},
+        ttl_s={"type": "int", "default": 2592000},
+        min_lifetime_s={"type": "int", "default": 604800},
+        state={"type": "str", "default": "present", "choices": ["present", "absent", "rotated"]},
+        credentials_dir={"type": "path", "default": "/var/lib/s2-fleet/credentials"},
+        owner={"type": "str"},
+        group={"type": "str"},
+        ca_file_for_workers={"type": "str", "default": "/etc/s2-fleet/ca.crt"},
     )
     return spec
 
@@ -561,18 +613,21 @@ def argument_spec():
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
-        required_if=[('state', 'present', ['partner_role']), ('state', 'rotated', ['partner_role'])],
+        required_if=[("state", "present", ["partner_role"]), ("state", "rotated", ["partner_role"])],
         supports_check_mode=True,
     )
     params = module.params
-    if not WORKER_ID_PATTERN.match(params['worker_id']):
-        module.fail_json(msg='worker_id %r: use 1-64 letters, digits, ".", "_" or "-" (it names the credentials file)'
-                         % params['worker_id'])
-    if params['ttl_s'] <= 0:
-        module.fail_json(msg='ttl_s must be positive')
-    if params['min_lifetime_s'] < 0 or (params['state'] == 'present' and params['min_lifetime_s'] >= params['ttl_s']):
-        module.fail_json(msg='min_lifetime_s must be between 0 and ttl_s (%s), or every run would rotate'
-                         % params['ttl_s'])
+    if not WORKER_ID_PATTERN.match(params["worker_id"]):
+        module.fail_json(
+            msg='worker_id %r: use 1-64 letters, digits, ".", "_" or "-" (it names the credentials file)'
+            % params["worker_id"]
+        )
+    if params["ttl_s"] <= 0:
+        module.fail_json(msg="ttl_s must be positive")
+    if params["min_lifetime_s"] < 0 or (params["state"] == "present" and params["min_lifetime_s"] >= params["ttl_s"]):
+        module.fail_json(
+            msg="min_lifetime_s must be between 0 and ttl_s (%s), or every run would rotate" % params["ttl_s"]
+        )
 
     ensure_mcp(module)
     try:
@@ -583,13 +638,13 @@ def main():
     except ConversationError as err:
         module.fail_json(msg=redact(err), changed=err.changed)
     except (IOError, OSError) as err:
-        module.fail_json(msg=redact('credentials file: %s' % err))
+        module.fail_json(msg=redact("credentials file: %s" % err))
 
-    diff = result.pop('diff')
+    diff = result.pop("diff")
     if module._diff:
-        result['diff'] = diff
+        result["diff"] = diff
     module.exit_json(**result)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

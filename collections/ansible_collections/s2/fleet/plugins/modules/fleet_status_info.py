@@ -7,7 +7,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-DOCUMENTATION = r'''
+DOCUMENTATION = r"""
 ---
 module: fleet_status_info
 short_description: Read the health of every worker from the s2 bridge
@@ -33,9 +33,9 @@ attributes:
     description: Runs on the orchestrator host, where the admin token file is.
 seealso:
   - module: s2.fleet.bridge_conversation
-'''
+"""
 
-EXAMPLES = r'''
+EXAMPLES = r"""
 - name: Read the fleet's health
   s2.fleet.fleet_status_info:
     bridge_url: https://orchestrator.example:8443/mcp
@@ -51,9 +51,9 @@ EXAMPLES = r'''
   ansible.builtin.assert:
     that: fleet.all_healthy
     fail_msg: "{{ fleet.table | join('\n') }}"
-'''
+"""
 
-RETURN = r'''
+RETURN = r"""
 workers:
   description: One entry per live worker conversation, as the bridge's C(fleet_status) tool returns it.
   returned: always
@@ -112,7 +112,7 @@ silent_after_s:
   returned: always
   type: int
   sample: 45
-'''
+"""
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import (
@@ -123,34 +123,40 @@ from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import (
     fail_with_bridge_error,
 )
 
-COLUMNS = (('WORKER', 'worker_id'), ('ROLE', 'worker_role'), ('STATUS', 'status'), ('HEALTH', 'health'),
-           ('HEARTBEAT', 'heartbeat_age_s'), ('OPEN TASKS', 'open_tasks'))
+COLUMNS = (
+    ("WORKER", "worker_id"),
+    ("ROLE", "worker_role"),
+    ("STATUS", "status"),
+    ("HEALTH", "health"),
+    ("HEARTBEAT", "heartbeat_age_s"),
+    ("OPEN TASKS", "open_tasks"),
+)
 
 
 def format_age(age):
     """Heartbeat age as text: '-' when never seen, else seconds, minutes, hours or days."""
     if age is None:
-        return '-'
+        return "-"
     age = float(age)
     if age < 120:
-        return '%ds' % age
+        return "%ds" % age
     if age < 7200:
-        return '%dm' % (age // 60)
+        return "%dm" % (age // 60)
     if age < 172800:
-        return '%dh' % (age // 3600)
-    return '%dd' % (age // 86400)
+        return "%dh" % (age // 3600)
+    return "%dd" % (age // 86400)
 
 
 def _cell(worker, key):
     value = worker.get(key)
-    if key == 'heartbeat_age_s':
+    if key == "heartbeat_age_s":
         return format_age(value)
-    return '-' if value is None or value == '' else '%s' % value
+    return "-" if value is None or value == "" else "%s" % value
 
 
 def _sort_key(worker):
-    worker_id = '%s' % worker.get('worker_id')
-    return (0, int(worker_id), '') if worker_id.isdigit() else (1, 0, worker_id)
+    worker_id = "%s" % worker.get("worker_id")
+    return (0, int(worker_id), "") if worker_id.isdigit() else (1, 0, worker_id)
 
 
 def make_table(workers):
@@ -158,22 +164,26 @@ def make_table(workers):
     rows = [[title for title, _key in COLUMNS]]
     rows.extend([_cell(w, key) for _title, key in COLUMNS] for w in workers)
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    return ['  '.join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    return ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
 
 
 def fleet_status(call):
     """The module result (without 'changed') from the bridge's fleet_status tool; call is BridgeClient.call."""
-    answer = call('fleet_status', {})
-    workers = answer.get('workers')
+    answer = call("fleet_status", {})
+    workers = answer.get("workers")
     if not isinstance(workers, list) or not all(isinstance(w, dict) for w in workers):
-        raise BridgeError('fleet_status returned no workers list', code='bad_result', tool='fleet_status',
-                          fix='the bridge and this collection disagree on the tool contract: upgrade both')
+        raise BridgeError(
+            "fleet_status returned no workers list",
+            code="bad_result",
+            tool="fleet_status",
+            fix="the bridge and this collection disagree on the tool contract: upgrade both",
+        )
     workers = sorted(workers, key=_sort_key)
     return {
-        'workers': workers,
-        'table': make_table(workers),
-        'all_healthy': bool(workers) and all(w.get('health') == 'healthy' for w in workers),
-        'silent_after_s': answer.get('silent_after_s'),
+        "workers": workers,
+        "table": make_table(workers),
+        "all_healthy": bool(workers) and all(w.get("health") == "healthy" for w in workers),
+        "silent_after_s": answer.get("silent_after_s"),
     }
 
 
@@ -188,5 +198,5 @@ def main():
     module.exit_json(changed=False, **result)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

@@ -109,8 +109,9 @@ def write_config(folder: Path, port: int, tls: tuple[str, str] | None, limits: d
     return config
 
 
-def start_bridge(folder: Path, tls: tuple[str, str] | None = None, ca_file: str | None = None,
-                 limits: dict | None = None) -> Bridge:
+def start_bridge(
+    folder: Path, tls: tuple[str, str] | None = None, ca_file: str | None = None, limits: dict | None = None
+) -> Bridge:
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = write_config(folder, port, tls, limits)
@@ -226,9 +227,7 @@ def _make_pki(folder: Path) -> dict[str, str]:
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-            )
+            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
@@ -249,9 +248,7 @@ def _make_pki(folder: Path) -> dict[str, str]:
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     paths = {
@@ -264,9 +261,7 @@ def _make_pki(folder: Path) -> dict[str, str]:
     paths["other_ca_file"].write_bytes(other_cert.public_bytes(serialization.Encoding.PEM))
     paths["cert_file"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     paths["key_file"].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     os.chmod(paths["key_file"], 0o600)
     return {k: str(v) for k, v in paths.items()}
@@ -293,8 +288,9 @@ class AnsibleRun:
     result: dict
 
 
-def run_module(module: str, args: dict, tmp_path: Path, *, interpreter: str | None = None,
-               extra_args: tuple[str, ...] = ()) -> AnsibleRun:
+def run_module(
+    module: str, args: dict, tmp_path: Path, *, interpreter: str | None = None, extra_args: tuple[str, ...] = ()
+) -> AnsibleRun:
     """`ansible localhost -m s2.fleet.MODULE -a JSON`; returns the host's result as the callback printed it.
 
     The minimal callback prints `localhost | STATUS => {json}`; the json callback is not used because it
@@ -313,9 +309,19 @@ def run_module(module: str, args: dict, tmp_path: Path, *, interpreter: str | No
     )
     ansible = Path(sys.executable).parent / "ansible"
     command = [
-        str(ansible), "localhost", "-i", "localhost,", "-c", "local",
-        "-e", f"ansible_python_interpreter={interpreter or sys.executable}",
-        "-m", f"s2.fleet.{module}", "-a", json.dumps(args), *extra_args,
+        str(ansible),
+        "localhost",
+        "-i",
+        "localhost,",
+        "-c",
+        "local",
+        "-e",
+        f"ansible_python_interpreter={interpreter or sys.executable}",
+        "-m",
+        f"s2.fleet.{module}",
+        "-a",
+        json.dumps(args),
+        *extra_args,
     ]
     proc = subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180)
     result: dict = {}

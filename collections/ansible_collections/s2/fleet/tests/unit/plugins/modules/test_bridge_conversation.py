@@ -31,8 +31,15 @@ from ansible_collections.s2.fleet.plugins.modules.bridge_conversation import (
 )
 
 CONTRACT_FIELDS = {
-    "conversation_id", "worker_id", "worker_role", "coordinator_token", "worker_token",
-    "created_at", "expires_at", "bridge_url", "ca_file",
+    "conversation_id",
+    "worker_id",
+    "worker_role",
+    "coordinator_token",
+    "worker_token",
+    "created_at",
+    "expires_at",
+    "bridge_url",
+    "ca_file",
 }
 
 
@@ -69,7 +76,7 @@ def test_contract_fields_match_contracts_md():
     contracts = Path(__file__).resolve().parents[8] / "docs" / "CONTRACTS.md"
     if contracts.is_file():  # the repo checkout: the file format example lists exactly these fields
         text = contracts.read_text()
-        example = text[text.index('{"conversation_id"'):]
+        example = text[text.index('{"conversation_id"') :]
         example = json.loads(example[: example.index("}") + 1].replace("...", ""))
         assert set(example) == CONTRACT_FIELDS
 
@@ -346,8 +353,12 @@ def test_parallel_runs_for_the_whole_fleet(tmp_path, params):
     """Eight workers provisioned at once (forks), sharing one admin token and the production rate limits."""
     fleet = start_bridge(tmp_path / "fleet", limits={"calls_per_s": 20, "calls_burst": 60})
     try:
-        base = {**params, "bridge_url": fleet.url, "admin_token_file": fleet.admin_token_file,
-                "credentials_dir": str(tmp_path / "fleet-credentials")}
+        base = {
+            **params,
+            "bridge_url": fleet.url,
+            "admin_token_file": fleet.admin_token_file,
+            "credentials_dir": str(tmp_path / "fleet-credentials"),
+        }
 
         def provision(n: int) -> dict:
             return converge({**base, "worker_id": str(n), "partner_role": f"role-{n}"}, fleet.admin().call)
@@ -426,8 +437,12 @@ def test_unreachable_bridge(bridge, params):
 
 
 def test_tls_with_the_fleet_ca(tls_bridge, params):
-    tls_params = {**params, "bridge_url": tls_bridge.url, "admin_token_file": tls_bridge.admin_token_file,
-                  "ca_path": tls_bridge.ca_file}
+    tls_params = {
+        **params,
+        "bridge_url": tls_bridge.url,
+        "admin_token_file": tls_bridge.admin_token_file,
+        "ca_path": tls_bridge.ca_file,
+    }
     result = run(tls_bridge, tls_params)
     assert result["action"] == "created"
     assert tls_bridge.token_works(read_file(tls_params)["worker_token"])
@@ -487,7 +502,8 @@ def test_module_respawns_into_runtime_python(bridge, params, ansible_module):
     assert bridge.token_works(read_file(params)["worker_token"])
 
     missing = ansible_module(
-        "bridge_conversation", module_args(params, runtime_python="/nonexistent/venv/bin/python"),
+        "bridge_conversation",
+        module_args(params, runtime_python="/nonexistent/venv/bin/python"),
         interpreter=system_python,
     )
     assert missing.rc != 0
@@ -500,8 +516,9 @@ def test_module_failure_is_structured_and_token_free(bridge, params, ansible_mod
     fake = "s2a_" + "B" * 43
     token_file = tmp_path / "wrong.token"
     token_file.write_text(fake)
-    out = ansible_module("bridge_conversation", module_args(params, admin_token_file=str(token_file)),
-                         extra_args=("-vvv",))
+    out = ansible_module(
+        "bridge_conversation", module_args(params, admin_token_file=str(token_file)), extra_args=("-vvv",)
+    )
     assert out.rc != 0
     assert "localhost | FAILED!" in out.stdout
     assert out.result["error"]["code"] == "unauthenticated"

@@ -13,10 +13,19 @@ from ansible_collections.s2.fleet.plugins.modules.fleet_status_info import fleet
 
 def provision(bridge, tmp_path: Path, worker_id: str, role: str) -> dict:
     params = {
-        "bridge_url": bridge.url, "ca_path": None, "admin_token_file": bridge.admin_token_file,
-        "my_role": "s2-orchestrator", "partner_role": role, "worker_id": worker_id, "ttl_s": 3600,
-        "min_lifetime_s": 60, "state": "present", "credentials_dir": str(tmp_path / "credentials"),
-        "owner": None, "group": None, "ca_file_for_workers": "/etc/s2-fleet/ca.crt",
+        "bridge_url": bridge.url,
+        "ca_path": None,
+        "admin_token_file": bridge.admin_token_file,
+        "my_role": "s2-orchestrator",
+        "partner_role": role,
+        "worker_id": worker_id,
+        "ttl_s": 3600,
+        "min_lifetime_s": 60,
+        "state": "present",
+        "credentials_dir": str(tmp_path / "credentials"),
+        "owner": None,
+        "group": None,
+        "ca_file_for_workers": "/etc/s2-fleet/ca.crt",
     }
     converge(params, bridge.admin().call)
     return json.loads((tmp_path / "credentials" / f"s2-worker-{worker_id}-credentials.json").read_text())
@@ -30,8 +39,10 @@ def test_empty_fleet_is_not_healthy(fresh_bridge):
 
 
 def test_fleet_status_reports_each_worker(fresh_bridge, tmp_path):
-    creds = {wid: provision(fresh_bridge, tmp_path, wid, role)
-             for wid, role in (("10", "docs"), ("2", "tests"), ("1", "frontend"))}
+    creds = {
+        wid: provision(fresh_bridge, tmp_path, wid, role)
+        for wid, role in (("10", "docs"), ("2", "tests"), ("1", "frontend"))
+    }
     before = fleet_status(fresh_bridge.admin().call)
     assert [w["worker_id"] for w in before["workers"]] == ["1", "2", "10"]  # numeric order
     assert {w["health"] for w in before["workers"]} == {"never_seen"}
