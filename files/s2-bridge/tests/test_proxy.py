@@ -181,3 +181,22 @@ def test_stdout_carries_only_mcp_frames(tmp_path: Path, plain_bridge: Bridge) ->
     assert replies[3]["result"]["structuredContent"]["ok"] is True
     assert "proxying stdio to" in stderr
     assert created["worker_token"] not in stderr + rest
+
+
+async def test_long_poll_wait_is_forwarded(plain_bridge: Bridge, tmp_path: Path) -> None:
+    created = await create_conversation(plain_bridge, "9")
+    creds = write_worker_credentials(plain_bridge, created, tmp_path / "c.json")
+    async with proxy(creds) as client:
+        quiet = result_of(await client.call_tool("wait_for_messages", {"timeout_s": 0.5}))
+        assert quiet == {"messages": [], "timed_out": True}
+        received: dict[str, Any] = {}
+
+        async def wait() -> None:
+            received.update(result_of(await client.call_tool("wait_for_messages", {"timeout_s": 30})))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(wait)
+            await anyio.sleep(1.0)
+            await as_coordinator(created, plain_bridge, "send_to_partner", message="wake up")
+        assert received["timed_out"] is False
+        assert [m["message"] for m in received["messages"]] == ["wake up"]

@@ -255,7 +255,10 @@ class BridgeClient:
         """Call one bridge tool and return its JSON object result."""
         timeout = self.call_timeout_s
         if tool == "wait_for_messages":
-            timeout = max(timeout, float(arguments.get("timeout_s", 25)) + LONG_POLL_MARGIN_S)
+            # The bridge holds a long poll open for timeout_s (at most 60 s; it rejects more).
+            wait = arguments.get("timeout_s", 25)
+            wait_s = float(wait) if isinstance(wait, int | float) else MAX_LONG_POLL_S
+            timeout = max(timeout, min(wait_s, MAX_LONG_POLL_S) + LONG_POLL_MARGIN_S)
         async with self._session(timeout) as client:
             result = await client.call_tool(tool, arguments)
         return tool_result_to_dict(result)
