@@ -148,3 +148,18 @@ async def test_sigint_stops_cleanly(plain_bridge: Bridge, tmp_path: Path) -> Non
     daemon.process.send_signal(signal.SIGINT)
     assert await daemon.wait_exit() == 0
     assert "Traceback" not in daemon.text()
+
+
+async def test_keepalive_started_before_the_bridge_waits_for_it(plain_bridge: Bridge, tmp_path: Path) -> None:
+    created = await create_conversation(plain_bridge, "7")
+    creds = write_worker_credentials(plain_bridge, created, tmp_path / "c.json")
+    plain_bridge.stop()
+    daemon = start_keepalive(creds)
+    try:
+        down_at, _ = await daemon.wait_for(r"WARNING .*unreachable")
+        await daemon.wait_for(r"retry 2 in", timeout=60)
+        plain_bridge.start()
+        await daemon.wait_for(r"INFO .*heartbeating for worker 7", timeout=90, since=down_at)
+        assert (await worker_health(plain_bridge, "7"))["health"] == "healthy"
+    finally:
+        assert await daemon.terminate() == 0

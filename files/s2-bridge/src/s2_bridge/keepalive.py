@@ -46,6 +46,7 @@ class Keepalive:
         # Retry first at about the normal cadence, then slower; never slower than the cap.
         self.backoff = Backoff(base=interval_s, cap=max(backoff_cap_s, interval_s), rng=self.rng)
         self.state = "starting"
+        self.ever_up = False
         self.down_since = 0.0
         self.last_unread: int | None = None
         self.refused_once = False
@@ -113,7 +114,8 @@ class Keepalive:
                 self.backoff.attempt,
                 time.monotonic() - self.down_since,
             )
-        elif self.state == "starting":
+        if not self.ever_up:
+            self.ever_up = True
             log.info(
                 "heartbeating for worker %s (%s) to %s every %g s",
                 creds.worker_id,
