@@ -256,23 +256,31 @@ def machine_cpu() -> tuple[float, float]:
     return (user + nice + system) / CLK_TCK, steal / CLK_TCK
 
 
+def runqueue_wait(pid: int) -> float:
+    """Seconds the process's main thread (the event loop) has waited for a CPU while runnable."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 class CpuMeter:
     """CPU used during a phase by the server, by this load generator, by every other process of
     the machine, and stolen by the hypervisor (the box is shared: other jobs show up there)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.server0, self.own0 = cpu_seconds(pid), own_cpu()
+        self.server0, self.own0, self.wait0 = cpu_seconds(pid), own_cpu(), runqueue_wait(pid)
         (self.busy0, self.steal0), self.wall0 = machine_cpu(), time.perf_counter()
 
-    def stop(self) -> tuple[float, float, float, float]:
-        """(server CPU s, load generator CPU s, cores used by other processes, cores stolen)."""
+    def stop(self, result: LoadResult | CeilingResult | LongPollResult) -> None:
+        """Fill the result's CPU fields: server and load generator CPU seconds, cores used by
+        other processes, cores stolen, and the share of the phase the server waited for a CPU."""
         server = cpu_seconds(self.pid) - self.server0
         own = own_cpu() - self.own0
         busy, steal = machine_cpu()
         wall = max(1e-9, time.perf_counter() - self.wall0)
-        others = max(0.0, busy - self.busy0 - server - own) / wall
-        return server, own, others, (steal - self.steal0) / wall
+        result.server_cpu_s, result.client_cpu_s = server, own
+        result.others_cores = max(0.0, busy - self.busy0 - server - own) / wall
+        result.steal_cores = (steal - self.steal0) / wall
+        result.server_cpu_wait = (runqueue_wait(self.pid) - self.wait0) / wall
 
 
 @dataclass
@@ -292,6 +300,7 @@ class LoadResult:
     client_cpu_s: float = 0.0
     others_cores: float = 0.0
     steal_cores: float = 0.0
+    server_cpu_wait: float = 0.0  # share of the phase the server was runnable but not running
     first_error: str | None = None
 
 
@@ -307,6 +316,7 @@ class CeilingResult:
     client_cpu_s: float = 0.0
     others_cores: float = 0.0
     steal_cores: float = 0.0
+    server_cpu_wait: float = 0.0  # share of the phase the server was runnable but not running
     first_error: str | None = None
 
 
@@ -323,6 +333,13 @@ class LongPollResult:
     send_p50_ms: float = float("nan")
     send_p99_ms: float = float("nan")
     background: str = ""
+    rss_before_mb: float = 0.0
+    rss_parked_mb: float = 0.0
+    server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    others_cores: float = 0.0
+    steal_cores: float = 0.0
+    server_cpu_wait: float = 0.0
 
 
 @dataclass
@@ -478,7 +495,7 @@ class Bench:
         await asyncio.gather(*consumers, return_exceptions=True)
         for conn in conns:
             conn.close()
-        result.server_cpu_s, result.client_cpu_s, result.others_cores, result.steal_cores = meter.stop()
+        meter.stop(result)
         # achieved = completions over the time from the first scheduled send to the last completion
         window = max(last_done - t0, duration)
         result.achieved_per_s = result.completed / window
@@ -528,7 +545,7 @@ class Bench:
         result.seconds = time.perf_counter() - started
         for conn in conns:
             conn.close()
-        result.server_cpu_s, result.client_cpu_s, result.others_cores, result.steal_cores = meter.stop()
+        meter.stop(result)
         if profiler is not None:
             await asyncio.to_thread(profiler.wait, duration + 30)
         result.per_s = result.calls / result.seconds
@@ -548,6 +565,7 @@ class Bench:
         sent_at: dict[int, float] = {}
         send_latencies: list[float] = []
         stop = asyncio.Event()
+        result.rss_before_mb = memory_mb(self.server_pid)["VmRSS"]
         conns = await self.open_pool(self.args.port, waiters)
         wait_errors = 0
 
@@ -579,6 +597,8 @@ class Bench:
         # at least --settle s, and until it is idle again.
         await asyncio.sleep(self.args.settle)
         await self.quiesce()
+        result.rss_parked_mb = memory_mb(self.server_pid)["VmRSS"]
+        meter = CpuMeter(self.server_pid)
         background: asyncio.Task[LoadResult] | None = None
         send_duration = messages / send_rate
         if background_rate:
@@ -621,6 +641,7 @@ class Bench:
         deadline = time.perf_counter() + self.args.drain
         while time.perf_counter() < deadline and any(seq not in received for seq in sent_at):
             await asyncio.sleep(0.05)
+        meter.stop(result)
         stop.set()
         for task in [*waiting, *sends]:
             task.cancel()
@@ -872,7 +893,8 @@ def print_load(result: LoadResult) -> None:
         f"  p99 {fmt(result.p99_ms):>8} ms  max {fmt(result.max_ms):>8} ms{lower}  errors {result.errors}"
         f"  unfinished {result.unfinished}  server cpu {result.server_cpu_s:.2f} s"
         f" ({fmt(result.server_us_per_call, 0)} us/call)  client cpu {result.client_cpu_s:.2f} s"
-        f"  others {result.others_cores:.2f} cores, steal {result.steal_cores:.2f}",
+        f"  others {result.others_cores:.2f} cores, steal {result.steal_cores:.2f},"
+        f" server waited for a CPU {result.server_cpu_wait:.0%} of the time",
         flush=True,
     )
     if result.first_error:
@@ -886,24 +908,24 @@ def print_table(report: Report) -> None:
     print("load average (1/5/15 min): " + "; ".join(f"{k} {v}" for k, v in report.load_average.items()))
     print(
         "\n| phase | offered/s | achieved/s | p50 ms | p99 ms | max ms | errors | unfinished"
-        " | server CPU us/call | other procs / steal, cores |"
+        " | server CPU us/call | other procs / steal, cores | server waiting for CPU |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in report.load:
         print(
             f"| {r.name} | {r.offered_per_s:g} | {r.achieved_per_s:.0f} | {fmt(r.p50_ms)} | {fmt(r.p99_ms)} |"
             f" {fmt(r.max_ms)} | {r.errors} | {r.unfinished} | {fmt(r.server_us_per_call, 0)} |"
-            f" {r.others_cores:.2f} / {r.steal_cores:.2f} |"
+            f" {r.others_cores:.2f} / {r.steal_cores:.2f} | {r.server_cpu_wait:.0%} |"
         )
     print(
         "\n| ceiling (closed loop) | calls/s | errors | server CPU us/call | client CPU s"
-        " | other procs / steal, cores |"
+        " | other procs / steal, cores | server waiting for CPU |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for c in report.ceilings:
         print(
             f"| {c.name} | {c.per_s:.0f} | {c.errors} | {fmt(c.server_us_per_call, 0)} | {c.client_cpu_s:.1f} |"
-            f" {c.others_cores:.2f} / {c.steal_cores:.2f} |"
+            f" {c.others_cores:.2f} / {c.steal_cores:.2f} | {c.server_cpu_wait:.0%} |"
         )
     by_kind = {c.name.split()[0]: c.per_s for c in report.ceilings}
     if by_kind.get("bare"):
@@ -913,13 +935,16 @@ def print_table(report: Report) -> None:
         )
     if report.wrk:
         print("wrk (extra): " + ", ".join(f"{k} {v:.0f}/s" for k, v in report.wrk.items()))
-    print("\n| long-poll | waiters | delivered/sent | p50 ms | p99 ms | max ms | send p50/p99 ms | background |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| long-poll | waiters | delivered/sent | p50 ms | p99 ms | max ms | send p50/p99 ms"
+        " | server RSS before / parked, MB | server waiting for CPU | background |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for p in report.long_poll:
         print(
             f"| {p.name} | {p.waiters} | {p.delivered}/{p.messages - p.send_errors} | {fmt(p.p50_ms)} |"
             f" {fmt(p.p99_ms)} | {fmt(p.max_ms)} | {fmt(p.send_p50_ms)}/{fmt(p.send_p99_ms)} |"
-            f" {p.background or '-'} |"
+            f" {p.rss_before_mb:.1f} / {p.rss_parked_mb:.1f} | {p.server_cpu_wait:.0%} | {p.background or '-'} |"
         )
     print("\n| server memory | MB |")
     print("|---|---|")
@@ -1027,7 +1052,8 @@ async def run(args: argparse.Namespace, report: Report, workdir: Path, procs: Pr
             print(
                 f"{ceiling.name:<30} {ceiling.per_s:7.0f} calls/s  errors {ceiling.errors}"
                 f"  server cpu {fmt(ceiling.server_us_per_call, 0)} us/call  client cpu {ceiling.client_cpu_s:.1f} s"
-                f"  others {ceiling.others_cores:.2f} cores, steal {ceiling.steal_cores:.2f}",
+                f"  others {ceiling.others_cores:.2f} cores, steal {ceiling.steal_cores:.2f},"
+                f" server waited for a CPU {ceiling.server_cpu_wait:.0%} of the time",
                 flush=True,
             )
             if ceiling.first_error:
@@ -1043,7 +1069,9 @@ async def run(args: argparse.Namespace, report: Report, workdir: Path, procs: Pr
             print(
                 f"{poll.name}: delivered {poll.delivered}/{poll.messages - poll.send_errors}"
                 f"  p50 {fmt(poll.p50_ms)} ms  p99 {fmt(poll.p99_ms)} ms  max {fmt(poll.max_ms)} ms"
-                f"  (send p50 {fmt(poll.send_p50_ms)} ms){'  background: ' + poll.background if background else ''}",
+                f"  (send p50 {fmt(poll.send_p50_ms)} ms){'  background: ' + poll.background if background else ''}"
+                f"  RSS {poll.rss_before_mb:.1f} -> {poll.rss_parked_mb:.1f} MB with the waiters parked"
+                f"  others {poll.others_cores:.2f} cores, server waited for a CPU {poll.server_cpu_wait:.0%}",
                 flush=True,
             )
             await bench.quiesce()
