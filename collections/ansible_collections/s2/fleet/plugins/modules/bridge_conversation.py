@@ -556,8 +556,9 @@ def converge(params, call, check_mode=False, on_secret=None, now=None):
                 ensure_directory(params["credentials_dir"], uid, gid)
                 write_credentials(path, content, uid, gid)
                 mutated.append("writing %s" % path)
+                coordinator_role = (target or {}).get("coordinator_role") or params["my_role"]
                 after = describe(
-                    dict(issued, coordinator_role=issued.get("coordinator_role", params["my_role"])), None, path
+                    dict(issued, coordinator_role=issued.get("coordinator_role", coordinator_role)), None, path
                 )
         elif action in ("updated", "unchanged"):
             if action == "updated" and not check_mode:

@@ -108,10 +108,10 @@ all_healthy:
   type: bool
   sample: true
 silent_after_s:
-  description: Heartbeat age after which the bridge calls a worker silent.
+  description: Heartbeat age in seconds after which the bridge calls a worker silent.
   returned: always
-  type: int
-  sample: 45
+  type: float
+  sample: 45.0
 """
 
 from ansible.module_utils.basic import AnsibleModule
