@@ -181,6 +181,21 @@ def fresh_bridge(tmp_path: Path):
 
 
 @pytest.fixture
+def bridge_factory(tmp_path: Path):
+    """start(name, limits=None) -> a bridge of its own with these [limits]; all stopped after the test."""
+    started: list[Bridge] = []
+
+    def start(name: str, limits: dict | None = None) -> Bridge:
+        b = start_bridge(tmp_path / name, limits=limits)
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        stop_bridge(b)
+
+
+@pytest.fixture
 def worker_id() -> str:
     return "w" + uuid.uuid4().hex[:10]
 

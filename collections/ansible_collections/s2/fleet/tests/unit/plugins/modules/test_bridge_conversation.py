@@ -22,7 +22,6 @@ from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import (
     BridgeClient,
     BridgeError,
 )
-from conftest import start_bridge, stop_bridge
 from ansible_collections.s2.fleet.plugins.modules.bridge_conversation import (
     CREDENTIAL_FIELDS,
     ConversationError,
@@ -349,33 +348,30 @@ def test_expired_conversation_is_rotated(bridge, params):
     assert result["conversation_id"] == created["conversation_id"]
 
 
-def test_parallel_runs_for_the_whole_fleet(tmp_path, params):
+def test_parallel_runs_for_the_whole_fleet(tmp_path, params, bridge_factory):
     """Eight workers provisioned at once (forks), sharing one admin token and the production rate limits."""
-    fleet = start_bridge(tmp_path / "fleet", limits={"calls_per_s": 20, "calls_burst": 60})
-    try:
-        base = {
-            **params,
-            "bridge_url": fleet.url,
-            "admin_token_file": fleet.admin_token_file,
-            "credentials_dir": str(tmp_path / "fleet-credentials"),
-        }
+    fleet = bridge_factory("fleet", limits={"calls_per_s": 20, "calls_burst": 60})
+    base = {
+        **params,
+        "bridge_url": fleet.url,
+        "admin_token_file": fleet.admin_token_file,
+        "credentials_dir": str(tmp_path / "fleet-credentials"),
+    }
 
-        def provision(n: int) -> dict:
-            return converge({**base, "worker_id": str(n), "partner_role": f"role-{n}"}, fleet.admin().call)
+    def provision(n: int) -> dict:
+        return converge({**base, "worker_id": str(n), "partner_role": f"role-{n}"}, fleet.admin().call)
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-            results = list(pool.map(provision, range(1, 9)))
-        assert [r["action"] for r in results] == ["created"] * 8
-        files = sorted(p.name for p in (tmp_path / "fleet-credentials").iterdir())
-        assert files == sorted(f"s2-worker-{n}-credentials.json" for n in range(1, 9))
-        status = fleet.admin().call("fleet_status", {})
-        assert sorted(w["worker_id"] for w in status["workers"]) == [str(n) for n in range(1, 9)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(provision, range(1, 9)))
+    assert [r["action"] for r in results] == ["created"] * 8
+    files = sorted(p.name for p in (tmp_path / "fleet-credentials").iterdir())
+    assert files == sorted(f"s2-worker-{n}-credentials.json" for n in range(1, 9))
+    status = fleet.admin().call("fleet_status", {})
+    assert sorted(w["worker_id"] for w in status["workers"]) == [str(n) for n in range(1, 9)]
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-            again = list(pool.map(provision, range(1, 9)))
-        assert [r["changed"] for r in again] == [False] * 8
-    finally:
-        stop_bridge(fleet)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        again = list(pool.map(provision, range(1, 9)))
+    assert [r["changed"] for r in again] == [False] * 8
 
 
 # --- errors: clear, structured, never a token --------------------------------------------------
@@ -412,17 +408,14 @@ def test_bridge_tool_error_is_structured(bridge):
     assert info.value.fix
 
 
-def test_rate_limited_calls_are_retried(tmp_path):
-    slow = start_bridge(tmp_path / "slow", limits={"calls_per_s": 5, "calls_burst": 3})
-    try:
-        client = slow.admin()
-        started = time.monotonic()
-        for _attempt in range(4):
-            assert client.call("list_conversations", {}) == {"conversations": []}
-        # more calls than the burst allows went through, so some of them waited for the bucket
-        assert time.monotonic() - started >= 1.0
-    finally:
-        stop_bridge(slow)
+def test_rate_limited_calls_are_retried(bridge_factory):
+    slow = bridge_factory("slow", limits={"calls_per_s": 5, "calls_burst": 3})
+    client = slow.admin()
+    started = time.monotonic()
+    for _attempt in range(4):
+        assert client.call("list_conversations", {}) == {"conversations": []}
+    # more calls than the burst allows went through, so some of them waited for the bucket
+    assert time.monotonic() - started >= 1.0
 
 
 def test_unreachable_bridge(bridge, params):
