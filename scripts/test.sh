@@ -36,7 +36,26 @@ unit() {
   (cd files/s2-bridge && "$venv/bin/pytest" -q -p no:cacheprovider)
 }
 
+ansible_checks() {
+  say "ansible: syntax-check of site.yml and every playbook"
+  local playbook
+  for playbook in site.yml playbooks/*.yml; do
+    "$venv/bin/ansible-playbook" -i inventories/s2 --syntax-check "$playbook" >/dev/null
+  done
+  say "ansible: ansible-lint (production profile)"
+  "$venv/bin/ansible-lint" --profile production
+  say "ansible: module tests against a real bridge"
+  "$venv/bin/pytest" -q -p no:cacheprovider collections/ansible_collections/s2/fleet/tests/unit
+}
+
+sanity() {
+  say "sanity: ansible-test sanity (offline), ansible-doc, changelog lint"
+  PYTHON="$venv/bin/python" bash scripts/sanity.sh
+}
+
 # Always make sure the venv exists: every other stage runs from it.
 if want setup || [[ ! -x $venv/bin/pytest ]]; then setup; fi
 want unit && unit
+want ansible && ansible_checks
+want sanity && sanity
 say "done: ${stages[*]}"

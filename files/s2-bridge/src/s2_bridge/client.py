@@ -204,8 +204,10 @@ class BridgeClient:
         self._transport = httpx2.AsyncHTTPTransport(
             verify=_ssl_context(self._ca_file),
             trust_env=False,  # an HTTPS_PROXY in the agent's environment must not reroute the bridge
-            # Below uvicorn's 5 s keep-alive: never reuse a socket the server is closing.
-            limits=httpx2.Limits(max_connections=20, max_keepalive_connections=5, keepalive_expiry=4.0),
+            # Below the bridge's 75 s keep-alive (serve.py), above the 15 s heartbeat interval: a
+            # daemon reuses one TLS connection instead of a handshake per beat, and never reuses a
+            # socket the server is closing.
+            limits=httpx2.Limits(max_connections=20, max_keepalive_connections=5, keepalive_expiry=60.0),
         )
         self._http = self._http_client()
         return self
