@@ -637,7 +637,8 @@ class Bench:
             if delay > 0:
                 await asyncio.sleep(delay)
             sends.append(asyncio.create_task(send(seq, worker)))
-        await asyncio.wait(sends, timeout=self.args.drain)
+        if sends:
+            await asyncio.wait(sends, timeout=self.args.drain)
         deadline = time.perf_counter() + self.args.drain
         while time.perf_counter() < deadline and any(seq not in received for seq in sent_at):
             await asyncio.sleep(0.05)
@@ -822,8 +823,8 @@ async def wait_healthy(process: subprocess.Popen[bytes], port: int, ssl_ctx: ssl
 
 
 def run_wrk(args: argparse.Namespace, wire: Wire, workdir: Path, scheme: str) -> dict[str, float]:
-    """Ceilings with wrk (C) as the client, if it is installed; the Lua script with tokens lives in
-    the 0700 work dir (0600) and goes away with it."""
+    """Ceilings with wrk (C) as the client, if it is installed. Its Lua script holds tokens: it is
+    written 0600 into the 0700 data dir and deleted right after the run."""
     wrk = shutil.which("wrk")
     if wrk is None:
         print("wrk: not installed, skipped", flush=True)
@@ -857,7 +858,7 @@ def run_wrk(args: argparse.Namespace, wire: Wire, workdir: Path, scheme: str) ->
         ),
     }
     for kind, (plain_url, body) in scripts.items():
-        script = workdir / f"wrk-{kind}.lua"
+        script = workdir / "data" / f"wrk-{kind}.lua"  # the 0700 data dir, like the database
         fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write("toks = {" + ",".join(f'"{t}"' for t in sample) + "}\n" + body)
