@@ -33,7 +33,8 @@ unit() {
   "$venv/bin/ruff" check .
   "$venv/bin/ruff" format --check .
   say "unit: runtime tests"
-  (cd files/s2-bridge && "$venv/bin/pytest" -q -p no:cacheprovider)
+  # Three workers: most tests wait on a server subprocess, not on the CPU.
+  (cd files/s2-bridge && "$venv/bin/pytest" -q -p no:cacheprovider -n 3)
 }
 
 ansible_checks() {
