@@ -404,7 +404,7 @@ class Bench:
         return conns
 
     # 2. every worker once
-    async def register_all(self, concurrency: int) -> tuple[int, float]:
+    async def register_all(self, concurrency: int) -> tuple[int, int, float]:
         conns = await self.open_pool(self.args.port, concurrency)
         order = list(range(self.workers))
         position = 0
@@ -427,7 +427,7 @@ class Bench:
         await asyncio.gather(*(run(c) for c in conns))
         for conn in conns:
             conn.close()
-        return position, time.perf_counter() - started
+        return position, errors, time.perf_counter() - started
 
     # 3. open loop
     async def open_loop(self, kind: str, rate: float, duration: float, name: str | None = None) -> LoadResult:
@@ -1032,9 +1032,12 @@ async def run(args: argparse.Namespace, report: Report, workdir: Path, procs: Pr
 
     wire = Wire(args.port, args.bare_port, worker_tokens, coordinator_tokens)
     bench = Bench(args, wire, server.pid, ssl_ctx)
-    done, seconds = await bench.register_all(args.ceiling_conns)
+    done, errors, seconds = await bench.register_all(args.ceiling_conns)
     report.memory["RSS after every worker heartbeat once"] = memory_mb(server.pid)["VmRSS"]
-    print(f"register: {done:,} workers heartbeat once in {seconds:.1f} s ({done / seconds:.0f}/s)", flush=True)
+    print(
+        f"register: {done:,} workers heartbeat once in {seconds:.1f} s ({done / seconds:.0f}/s), {errors} errors",
+        flush=True,
+    )
     await bench.quiesce()
 
     if "load" not in args.skip_set:
