@@ -73,6 +73,8 @@ async def test_expired_token_is_refused(bridge: Bridge) -> None:
 
 async def test_revoked_and_rotated_tokens_are_refused(bridge: Bridge) -> None:
     created = await create_conversation(bridge, "3")
+    # Used once first, so the server has it in its authentication cache.
+    assert post_mcp(bridge, created["worker_token"]).status_code == 200
     async with connect(bridge, bridge.admin_token) as admin:
         rotated = await call(admin, "rotate_conversation", conversation_id=created["conversation_id"])
     assert rotated["conversation_id"] == created["conversation_id"]

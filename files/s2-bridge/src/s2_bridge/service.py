@@ -13,6 +13,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from s2_bridge import tokens
 from s2_bridge.caller import Caller
@@ -55,6 +56,7 @@ NOTE_MAX = 2_000
 TTL_MIN_S, TTL_MAX_S = 60, 366 * 24 * 3600
 CHECK_LIMIT_MAX = 200
 WAIT_MAX_S = 60.0
+CALLER_CACHE_MAX = 200_000
 OTHER: dict[Side, Side] = {"coordinator": "worker", "worker": "coordinator"}
 
 
@@ -79,6 +81,10 @@ class BridgeService:
         self.silent_after_s = float(config.health.silent_after_s)
         self.clock = clock
         self.signals = InboxSignals()
+        # token hash -> (caller, expires_at). Every call authenticates, and the two lookups it
+        # needs were a quarter of a heartbeat's cost. Rotation and revocation drop entries here
+        # at once (one process owns the store), and expiry is checked on every hit.
+        self._callers: dict[str, tuple[Caller, float | None]] = {}
 
     # helpers
     def _audit(self, caller: Caller | None, action: str, target: str, **detail: object) -> int:
@@ -179,6 +185,7 @@ class BridgeService:
             )
         except StoreError as exc:
             raise _store_error(exc) from None
+        self._forget_conversation(conversation_id)
         self._audit(caller, "conversation.rotate", conversation_id, ttl_s=ttl)
         return self._credentials(conversation, coordinator_token, worker_token)
 
@@ -189,6 +196,7 @@ class BridgeService:
             self.store.revoke_conversation(conversation_id, now)
         except StoreError as exc:
             raise _store_error(exc) from None
+        self._forget_conversation(conversation_id)
         self._audit(caller, "conversation.revoke", conversation_id)
         return Revoked(conversation_id=conversation_id, revoked_at=iso(now) or "")
 
@@ -316,8 +324,7 @@ class BridgeService:
         # Routine heartbeats are not audited: at thousands a second they would drown the log;
         # health transitions are audited by the watchdog instead.
         self.store.heartbeat(conversation_id, caller.side, now, status)
-        cursor = self.store.read_cursor(conversation_id, caller.side)
-        unread = self.store.count_for(conversation_id, caller.side, cursor)
+        unread = self.store.unread_count(conversation_id, caller.side)
         return HeartbeatAck(unread=unread, server_time=iso(now) or "")
 
     def fleet_status(self, caller: Caller) -> FleetStatus:
@@ -446,11 +453,26 @@ class BridgeService:
         return AlertRecorded(audit_id=audit_id)
 
     # authentication
+    def _forget_conversation(self, conversation_id: str) -> None:
+        stale = [
+            key
+            for key, (cached, _) in self._callers.items()
+            if cached.conversation and cached.conversation.conversation_id == conversation_id
+        ]
+        for key in stale:
+            del self._callers[key]
+
     def authenticate(self, token: str, remote: str) -> Caller | str:
         """Return the caller, or the reason the token is refused (never echoing the token)."""
         if not tokens.looks_like_token(token):
             return "malformed token"
         digest = tokens.token_hash(token)
+        cached = self._callers.get(digest)
+        if cached is not None:
+            caller, expires_at = cached
+            if expires_at is None or expires_at > self.clock():
+                return replace(caller, remote=remote)
+            del self._callers[digest]
         record = self.store.lookup_token(digest)
         if record is None:
             return "unknown token"
@@ -463,7 +485,11 @@ class BridgeService:
             conversation = self.store.get_conversation(record.conversation_id)
             if conversation is None or conversation.revoked:
                 return "conversation revoked"
-        return Caller(kind=record.kind, token_hash=digest, remote=remote, conversation=conversation)
+        caller = Caller(kind=record.kind, token_hash=digest, remote=remote, conversation=conversation)
+        if len(self._callers) >= CALLER_CACHE_MAX:
+            self._callers.clear()  # bounded memory; the next calls simply look up again
+        self._callers[digest] = (caller, record.expires_at)
+        return caller
 
     def audit_auth_failure(self, remote: str, reason: str, path: str) -> None:
         self.store.audit(

@@ -310,6 +310,15 @@ class SQLiteStore:
         ).fetchone()
         return int(row[0])
 
+    def unread_count(self, conversation_id: str, side: Side) -> int:
+        """Messages to `side` after its read cursor, in one statement (every heartbeat asks)."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM messages WHERE conversation_id=? AND from_side=? AND id > COALESCE("
+            "(SELECT acked_through FROM read_cursors WHERE conversation_id=? AND side=?), 0)",
+            (conversation_id, OTHER_SIDE[side], conversation_id, side),
+        ).fetchone()
+        return int(row[0])
+
     def read_cursor(self, conversation_id: str, side: Side) -> int:
         row = self._db.execute(
             "SELECT acked_through FROM read_cursors WHERE conversation_id=? AND side=?",
