@@ -44,6 +44,21 @@ async def main():
 asyncio.run(main())
 """
 
+# Runs inside a worker as the agent user: call one tool with its own credentials file.
+WORKER_CALL_SCRIPT = r"""
+import asyncio, json, sys
+from s2_bridge.client import BridgeClient, ToolCallError
+from s2_bridge.credentials import load_credentials
+path, tool, args = sys.argv[1:4]
+async def main():
+    async with BridgeClient.for_credentials(load_credentials(path)) as bridge:
+        try:
+            print(json.dumps(await bridge.call(tool, **json.loads(args))))
+        except ToolCallError as exc:
+            print(json.dumps(exc.to_dict()))
+asyncio.run(main())
+"""
+
 LIST_TOOLS_SCRIPT = r"""
 import asyncio, json, sys
 from mcp import Client, StdioServerParameters
@@ -233,24 +248,20 @@ def test_message_from_orchestrator_reaches_worker_3_and_only_worker_3(orch, brid
     assert sent["message_id"] > 0
     assert text in [m["message"] for m in worker_check_messages(get_lab_host, three, worker_ids[three])]
     assert text not in [m["message"] for m in worker_check_messages(get_lab_host, four, worker_ids[four])]
-    # worker-4's own token cannot read worker-3's conversation: its token names its own only.
-    four_host = get_lab_host(four)
+    # worker-4's own token cannot reach worker-3's tasks: its token names its own conversation only.
     creds = f"{AGENT_HOME}/.s2/s2-worker-{worker_ids[four]}-credentials.json"
-    listed = four_host.run(
-        f"runuser -u agent -- {VENV_PYTHON} -c "
-        + shlex.quote(
-            "import asyncio, json; from s2_bridge.client import BridgeClient, ToolCallError;"
-            "from s2_bridge.credentials import load_credentials;"
-            f"c = load_credentials('{creds}');"
-            "async def m():\n"
-            "    async with BridgeClient.for_credentials(c) as b:\n"
-            "        try:\n"
-            f"            print(json.dumps(await b.call('list_tasks', worker_id='{worker_ids[three]}')))\n"
-            "        except ToolCallError as e:\n"
-            "            print(json.dumps(e.to_dict()))\n"
-            "asyncio.run(m())"
-        )
+    command = " ".join(
+        shlex.quote(p)
+        for p in [
+            VENV_PYTHON,
+            "-c",
+            WORKER_CALL_SCRIPT,
+            creds,
+            "list_tasks",
+            json.dumps({"worker_id": worker_ids[three]}),
+        ]
     )
+    listed = get_lab_host(four).run(f"runuser -u agent -- {command}")
     assert listed.rc == 0, listed.stderr
     assert json.loads(listed.stdout)["error"]["code"] == "forbidden"
 
@@ -328,7 +339,7 @@ def fleet_tokens(orch, worker_ids) -> set[str]:
     for worker_id in worker_ids.values():
         text = orch.file(f"{ORCH_CREDENTIALS}/s2-worker-{worker_id}-credentials.json").content_string
         found.update(TOKEN_RE.findall(text))
-    assert len(found) == 1 + 2 * len(worker_ids)
+    assert len(found) == 1 + 2 * len(worker_ids), f"{len(found)} distinct tokens on the orchestrator"
     return found
 
 
