@@ -54,9 +54,35 @@ sanity() {
   PYTHON="$venv/bin/python" bash scripts/sanity.sh
 }
 
+molecule_scenarios() {
+  say "molecule: podman and the base image (idempotent)"
+  bash scripts/podman-setup.sh
+  bash scripts/build-base-image.sh
+  local logs="$root/artifacts"
+  mkdir -p "$logs"
+  (
+    export PATH="$venv/bin:$PATH"
+    # Whatever happens, leave no container behind.
+    trap 'molecule destroy >/dev/null 2>&1 || true' EXIT
+    say "molecule default: nine hosts, create + converge"
+    molecule destroy >/dev/null 2>&1 || true
+    molecule create
+    # The verifier greps this log (converge and idempotence output) for tokens.
+    molecule converge 2>&1 | tee "$logs/converge.log"
+    say "molecule default: idempotence (a second converge must change nothing)"
+    molecule idempotence 2>&1 | tee -a "$logs/converge.log"
+    say "molecule default: verify"
+    S2_CONVERGE_LOG="$logs/converge.log" molecule verify
+    molecule destroy
+    say "molecule wsl: a worker without systemd"
+    molecule test -s wsl
+  )
+}
+
 # Always make sure the venv exists: every other stage runs from it.
 if want setup || [[ ! -x $venv/bin/pytest ]]; then setup; fi
 want unit && unit
 want ansible && ansible_checks
 want sanity && sanity
+want molecule && molecule_scenarios
 say "done: ${stages[*]}"
