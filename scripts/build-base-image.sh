@@ -122,6 +122,9 @@ tar -C "$work/rootfs" --numeric-owner --xattrs -c . |
     --change "LABEL org.opencontainers.image.created=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     - "$IMAGE" >/dev/null
 
+# A rebuild leaves the previous image untagged: drop it unless a container still uses it.
+podman image prune --force --filter label=org.opencontainers.image.title=s2-fleet-debian >/dev/null
+
 elapsed=$(($(date +%s) - start))
 size=$(podman image inspect "$IMAGE" --format '{{.Size}}')
 log "built $IMAGE in ${elapsed}s, size $(numfmt --to=iec "$size") ($size bytes), recipe $recipe"
