@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import testinfra
+import yaml
 
 
 def _inventory_source(config: pytest.Config) -> str | None:
@@ -58,17 +59,17 @@ def _load_inventory(source: str) -> dict:
     return {"groups": groups, "hostvars": raw.get("_meta", {}).get("hostvars", {})}
 
 
-_INVENTORY: dict | None = None
+# The inventory, read once at configure time (before the host parametrization needs it).
+_LOADED: dict[str, dict] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _INVENTORY
     source = _inventory_source(config)
     if source is None:
         return
-    _INVENTORY = _load_inventory(source)
+    _LOADED["inventory"] = _load_inventory(source)
     if getattr(config.option, "hosts", None) is None:
-        names = sorted(_INVENTORY["groups"].get("all", []))
+        names = sorted(_LOADED["inventory"]["groups"].get("all", []))
         if not names:
             raise pytest.UsageError(f"inventory {source} has no hosts: run 'molecule create' first")
         config.option.hosts = ",".join(f"podman://{n}" for n in names)
@@ -76,9 +77,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def inventory() -> dict:
-    if _INVENTORY is None:
+    if "inventory" not in _LOADED:
         pytest.skip("no molecule inventory (run through molecule, or pass --ansible-inventory)")
-    return _INVENTORY
+    return _LOADED["inventory"]
 
 
 @pytest.fixture
@@ -109,8 +110,6 @@ def get_lab_host():
 @pytest.fixture(scope="session")
 def platforms() -> dict[str, dict]:
     """The scenario's platforms from molecule.yml, by name (molecule sets MOLECULE_FILE)."""
-    import yaml
-
     molecule_file = os.environ.get("MOLECULE_FILE")
     if not molecule_file:
         pytest.skip("MOLECULE_FILE is not set: run through molecule")

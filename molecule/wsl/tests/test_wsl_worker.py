@@ -1,0 +1,108 @@
+"""The worker without systemd (WSL): its keepalive runs under the role's supervisor, heartbeats,
+and comes back after being killed. Each test runs once and reaches hosts by name."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+
+import pytest
+
+WORKER = "worker-7-wsl-cli"
+SUPERVISOR = "/opt/s2-bridge/bin/s2-keepalive-supervisor"
+ADMIN_CONFIG = "/etc/s2-bridge/admin.toml"
+S2_BRIDGE = "/opt/s2-bridge/venv/bin/s2-bridge"
+TOKEN_RE = re.compile(r"s2[acw]_[A-Za-z0-9_-]{43}")
+
+
+@pytest.fixture(scope="session")
+def worker(get_lab_host):
+    return get_lab_host(WORKER)
+
+
+@pytest.fixture(scope="session")
+def orch(get_lab_host):
+    return get_lab_host("orchestrator")
+
+
+@pytest.fixture(scope="session")
+def worker_id(inventory) -> str:
+    return str(inventory["hostvars"][WORKER]["s2_worker_id"])
+
+
+def keepalive_pids(worker) -> list[int]:
+    out = worker.run("pgrep -f 's2-bridge keepalive'").stdout
+    return [int(pid) for pid in out.split()]
+
+
+def health(orch, worker_id: str) -> dict:
+    result = orch.run(f"{S2_BRIDGE} status --config {ADMIN_CONFIG} --json")
+    assert result.rc == 0, result.stderr
+    data = json.loads(result.stdout)
+    rows = data["workers"] if isinstance(data, dict) else data
+    return next(row for row in rows if str(row["worker_id"]) == worker_id)
+
+
+def wait_for(predicate, timeout: float, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def test_there_is_no_systemd_and_the_supervisor_keeps_the_keepalive(worker):
+    assert not worker.file("/run/systemd/system").exists
+    assert worker.file(SUPERVISOR).is_file
+    assert worker.file(SUPERVISOR).mode & 0o111
+    assert worker.run(f"{SUPERVISOR} status").rc == 0
+    pids = keepalive_pids(worker)
+    assert len(pids) == 1, pids
+    owner = worker.check_output(f"ps -o user= -p {pids[0]}")
+    assert owner == "agent"
+    # the token stays in the 0600 file: the command line names the file only
+    args = worker.check_output(f"ps -o args= -p {pids[0]}")
+    assert "--credentials" in args
+    assert not TOKEN_RE.search(args)
+
+
+def test_it_starts_again_at_boot_via_wsl_conf(worker):
+    conf = worker.file("/etc/wsl.conf").content_string
+    assert "[boot]" in conf
+    assert SUPERVISOR in conf
+
+
+def test_the_worker_heartbeats(orch, worker_id):
+    assert wait_for(lambda: health(orch, worker_id)["health"] == "healthy", timeout=60)
+
+
+def test_a_killed_keepalive_comes_back_and_heartbeats(worker, orch, worker_id):
+    before = keepalive_pids(worker)
+    assert before
+    worker.run_expect([0], f"kill -9 {before[0]}")
+    after = wait_for(lambda: [p for p in keepalive_pids(worker) if p not in before], timeout=60)
+    assert after, "the supervisor did not restart the killed keepalive"
+    first_age = health(orch, worker_id)["heartbeat_age_s"]
+
+    def beat_after_restart():
+        age = health(orch, worker_id)["heartbeat_age_s"]
+        return age is not None and first_age is not None and age < first_age
+
+    # a fresh heartbeat from the new process (its age drops below what it was at the restart)
+    assert wait_for(beat_after_restart, timeout=60, interval=2.0)
+    assert health(orch, worker_id)["health"] == "healthy"
+
+
+def test_the_supervisor_log_holds_no_token(worker):
+    logs = worker.run("cat /home/agent/.s2/log/*.log 2>/dev/null").stdout
+    assert logs, "no supervisor log"
+    assert not TOKEN_RE.search(logs)
+    assert not TOKEN_RE.search(worker.run("ps -eo args --no-headers").stdout)
+
+
+def test_status_table_lists_the_worker(orch, worker_id):
+    table = orch.check_output(f"{S2_BRIDGE} status --config {shlex.quote(ADMIN_CONFIG)}")
+    assert worker_id in table
