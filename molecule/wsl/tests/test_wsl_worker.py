@@ -106,3 +106,12 @@ def test_the_supervisor_log_holds_no_token(worker):
 def test_status_table_lists_the_worker(orch, worker_id):
     table = orch.check_output(f"{S2_BRIDGE} status --config {shlex.quote(ADMIN_CONFIG)}")
     assert worker_id in table
+
+
+def test_the_limited_run_rebuilt_the_credentials(worker, worker_id):
+    """side_effect.yml removed this file and ran site.yml with --limit worker-7-wsl-cli."""
+    creds = worker.file(f"/home/agent/.s2/s2-worker-{worker_id}-credentials.json")
+    assert creds.exists
+    assert creds.mode == 0o600
+    assert creds.user == "agent"
+    assert json.loads(creds.content_string)["coordinator_token"] == ""
