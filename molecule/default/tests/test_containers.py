@@ -45,7 +45,7 @@ def test_sandboxed_units_are_really_sandboxed(host, runs_systemd):
         "systemd-run --wait --pipe --quiet"
         " -p ProtectSystem=strict -p PrivateTmp=yes -p ProtectHome=yes -p NoNewPrivileges=yes"
         " /bin/sh -c 'test ! -e /tmp/s2-outside-marker && ! touch /etc/s2-probe 2>/dev/null"
-        " && test -z \"$(ls -A /root)\" && echo sandboxed'"
+        ' && test -z "$(ls -A /root)" && echo sandboxed\''
     )
     result = host.run(probe)
     assert result.rc == 0 and result.stdout.strip() == "sandboxed", (
@@ -70,7 +70,5 @@ def test_workers_resolve_the_orchestrator(host, in_group, get_lab_host):
         f"'orchestrator' resolves to {address}, which is not the orchestrator container"
     )
     # and Python (what the runtime uses) agrees with getent
-    py = host.check_output(
-        "python3 -c \"import socket; print(socket.gethostbyname('orchestrator'))\""
-    )
+    py = host.check_output("python3 -c \"import socket; print(socket.gethostbyname('orchestrator'))\"")
     assert py == address
