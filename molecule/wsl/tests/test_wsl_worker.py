@@ -33,7 +33,8 @@ def worker_id(inventory) -> str:
 
 
 def keepalive_pids(worker) -> list[int]:
-    out = worker.run("pgrep -f 's2-bridge keepalive'").stdout
+    # the agent's own process: runuser, which starts it as the agent, matches the pattern too
+    out = worker.run("pgrep -u agent -f 's2-bridge keepalive'").stdout
     return [int(pid) for pid in out.split()]
 
 
