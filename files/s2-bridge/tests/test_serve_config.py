@@ -21,6 +21,18 @@ path = "{data}/bridge.db"
 admin_token_file = "{data}/admin.token"
 """
 
+
+def serve(config: Path) -> subprocess.CompletedProcess[str]:
+    """Run `s2-bridge serve --config CONFIG` to completion (it must refuse to start)."""
+    return subprocess.run(
+        [sys.executable, "-m", "s2_bridge.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 CASES = [
     ("not toml at all [", None, "not valid TOML"),
     ('[server]\nport = "8443"\n', "server.port", "must be int"),
@@ -39,13 +51,7 @@ CASES = [
 def test_bad_config_names_the_field_and_exits_78(tmp_path: Path, content: str, field: str | None, problem: str) -> None:
     config = tmp_path / "bridge.toml"
     config.write_text(content)
-    result = subprocess.run(
-        [sys.executable, "-m", "s2_bridge.cli", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = serve(config)
     assert result.returncode == exitcodes.CONFIG_ERROR
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -59,13 +65,7 @@ def test_bad_config_names_the_field_and_exits_78(tmp_path: Path, content: str, f
 
 def test_missing_config_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
-    result = subprocess.run(
-        [sys.executable, "-m", "s2_bridge.cli", "serve", "--config", str(missing)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = serve(missing)
     assert result.returncode == exitcodes.CONFIG_ERROR
     assert f"{missing}: file not found" in result.stderr
 
@@ -73,13 +73,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_tls_is_required_unless_insecure_http_is_explicit(tmp_path: Path) -> None:
     config = tmp_path / "bridge.toml"
     config.write_text(GOOD.format(data=tmp_path / "data"))
-    result = subprocess.run(
-        [sys.executable, "-m", "s2_bridge.cli", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = serve(config)
     assert result.returncode == exitcodes.CONFIG_ERROR
     assert "tls: is missing" in result.stderr
     assert "--insecure-http" in result.stderr
@@ -91,13 +85,7 @@ def test_tls_files_must_exist(tmp_path: Path) -> None:
         GOOD.format(data=tmp_path / "data")
         + f'[tls]\ncert_file = "{tmp_path}/no.crt"\nkey_file = "{tmp_path}/no.key"\n'
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "s2_bridge.cli", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = serve(config)
     assert result.returncode == exitcodes.CONFIG_ERROR
     assert "tls.cert_file" in result.stderr
 
