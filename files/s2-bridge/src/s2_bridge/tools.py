@@ -4,7 +4,6 @@ authentication middleware (scope state), never from a tool argument."""
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -219,7 +218,3 @@ def build_mcp(service: BridgeService) -> MCPServer:
     ):
         tool(fn)
     return mcp
-
-
-def dumps(model: Any) -> str:
-    return json.dumps(model.model_dump(mode="json"))
