@@ -152,18 +152,19 @@ class BridgeService:
         coordinator_token, worker_token = self._issue_pair()
         now = self.clock()
         try:
-            conversation = self.store.create_conversation(
-                worker_id=worker,
-                coordinator_role=my_role,
-                worker_role=partner_role,
-                coordinator_hash=tokens.token_hash(coordinator_token),
-                worker_hash=tokens.token_hash(worker_token),
-                now=now,
-                expires_at=now + ttl,
-            )
+            with self.store.atomic():
+                conversation = self.store.create_conversation(
+                    worker_id=worker,
+                    coordinator_role=my_role,
+                    worker_role=partner_role,
+                    coordinator_hash=tokens.token_hash(coordinator_token),
+                    worker_hash=tokens.token_hash(worker_token),
+                    now=now,
+                    expires_at=now + ttl,
+                )
+                self._audit(caller, "conversation.create", conversation.conversation_id, worker_id=worker, ttl_s=ttl)
         except StoreError as exc:
             raise _store_error(exc) from None
-        self._audit(caller, "conversation.create", conversation.conversation_id, worker_id=worker, ttl_s=ttl)
         return self._credentials(conversation, coordinator_token, worker_token)
 
     def list_conversations(self, caller: Caller, include_revoked: bool) -> ConversationList:
@@ -176,28 +177,30 @@ class BridgeService:
         coordinator_token, worker_token = self._issue_pair()
         now = self.clock()
         try:
-            conversation = self.store.rotate_conversation(
-                conversation_id,
-                coordinator_hash=tokens.token_hash(coordinator_token),
-                worker_hash=tokens.token_hash(worker_token),
-                now=now,
-                expires_at=now + ttl,
-            )
+            with self.store.atomic():
+                conversation = self.store.rotate_conversation(
+                    conversation_id,
+                    coordinator_hash=tokens.token_hash(coordinator_token),
+                    worker_hash=tokens.token_hash(worker_token),
+                    now=now,
+                    expires_at=now + ttl,
+                )
+                self._audit(caller, "conversation.rotate", conversation_id, ttl_s=ttl)
         except StoreError as exc:
             raise _store_error(exc) from None
         self._forget_conversation(conversation_id)
-        self._audit(caller, "conversation.rotate", conversation_id, ttl_s=ttl)
         return self._credentials(conversation, coordinator_token, worker_token)
 
     def revoke_conversation(self, caller: Caller, conversation_id: str) -> Revoked:
         self._require_admin(caller)
         now = self.clock()
         try:
-            self.store.revoke_conversation(conversation_id, now)
+            with self.store.atomic():
+                self.store.revoke_conversation(conversation_id, now)
+                self._audit(caller, "conversation.revoke", conversation_id)
         except StoreError as exc:
             raise _store_error(exc) from None
         self._forget_conversation(conversation_id)
-        self._audit(caller, "conversation.revoke", conversation_id)
         return Revoked(conversation_id=conversation_id, revoked_at=iso(now) or "")
 
     # messages
@@ -241,16 +244,17 @@ class BridgeService:
                 )
         body, body_redactions = redact_text(message)
         files, file_redactions = redact_list(list(files_involved))
-        message_id = self._post(conversation, caller.side, action_type, body, files)
         redactions = body_redactions + file_redactions
-        self._audit(
-            caller,
-            "message.send",
-            conversation.conversation_id,
-            message_id=message_id,
-            action_type=action_type,
-            redactions=redactions,
-        )
+        with self.store.atomic():
+            message_id = self._post(conversation, caller.side, action_type, body, files)
+            self._audit(
+                caller,
+                "message.send",
+                conversation.conversation_id,
+                message_id=message_id,
+                action_type=action_type,
+                redactions=redactions,
+            )
         return Sent(
             message_id=message_id,
             conversation_id=conversation.conversation_id,
@@ -266,10 +270,11 @@ class BridgeService:
         if ack_through is not None:
             if ack_through < 0:
                 raise invalid("ack_through", "ack_through is negative", "pass the id of the last message you handled")
-            before = self.store.read_cursor(conversation_id, caller.side)
-            cursor = self.store.advance_cursor(conversation_id, caller.side, ack_through)
-            if cursor != before:
-                self._audit(caller, "message.ack", conversation_id, acked_through=cursor)
+            with self.store.atomic():
+                before = self.store.read_cursor(conversation_id, caller.side)
+                cursor = self.store.advance_cursor(conversation_id, caller.side, ack_through)
+                if cursor != before:
+                    self._audit(caller, "message.ack", conversation_id, acked_through=cursor)
         else:
             cursor = self.store.read_cursor(conversation_id, caller.side)
         messages = self.store.messages_for(conversation_id, caller.side, cursor, limit)
@@ -298,8 +303,9 @@ class BridgeService:
     def update_my_status(self, caller: Caller, status: AgentStatus) -> StatusUpdate:
         conversation = self._require_side(caller)
         now = self.clock()
-        self.store.heartbeat(conversation.conversation_id, caller.side, now, status)
-        self._audit(caller, "status.update", conversation.conversation_id, status=status)
+        with self.store.atomic():
+            self.store.heartbeat(conversation.conversation_id, caller.side, now, status)
+            self._audit(caller, "status.update", conversation.conversation_id, status=status)
         return StatusUpdate(status=status, updated_at=iso(now) or "")
 
     def check_partner_status(self, caller: Caller) -> PartnerStatus:
@@ -319,11 +325,14 @@ class BridgeService:
         conversation = self._require_side(caller)
         conversation_id = conversation.conversation_id
         now = self.clock()
-        if status is not None and self.store.presence(conversation_id, caller.side).status != status:
-            self._audit(caller, "status.update", conversation_id, status=status)
         # Routine heartbeats are not audited: at thousands a second they would drown the log;
         # health transitions are audited by the watchdog instead.
-        self.store.heartbeat(conversation_id, caller.side, now, status)
+        if status is not None and self.store.presence(conversation_id, caller.side).status != status:
+            with self.store.atomic():
+                self._audit(caller, "status.update", conversation_id, status=status)
+                self.store.heartbeat(conversation_id, caller.side, now, status)
+        else:
+            self.store.heartbeat(conversation_id, caller.side, now, status)
         unread = self.store.unread_count(conversation_id, caller.side)
         return HeartbeatAck(unread=unread, server_time=iso(now) or "")
 
@@ -377,17 +386,18 @@ class BridgeService:
         _check_length("detail", detail, 0, DETAIL_MAX)
         title, _ = redact_text(title)
         detail, _ = redact_text(detail)
-        task = self.store.create_task(
-            worker_id=conversation.worker_id,
-            conversation_id=conversation.conversation_id,
-            title=title,
-            detail=detail,
-            created_by=caller.name,
-            now=self.clock(),
-        )
-        self._audit(caller, "task.assign", f"task:{task.task_id}", worker_id=task.worker_id)
-        body = f"Task #{task.task_id} assigned to you: {title}" + (f"\n\n{detail}" if detail else "")
-        self._post(conversation, "coordinator", "task_assignment", body, [])
+        with self.store.atomic():
+            task = self.store.create_task(
+                worker_id=conversation.worker_id,
+                conversation_id=conversation.conversation_id,
+                title=title,
+                detail=detail,
+                created_by=caller.name,
+                now=self.clock(),
+            )
+            self._audit(caller, "task.assign", f"task:{task.task_id}", worker_id=task.worker_id)
+            body = f"Task #{task.task_id} assigned to you: {title}" + (f"\n\n{detail}" if detail else "")
+            self._post(conversation, "coordinator", "task_assignment", body, [])
         return task
 
     def list_tasks(self, caller: Caller, state: TaskState | None, worker_id: str | None) -> TaskList:
@@ -414,8 +424,9 @@ class BridgeService:
             raise forbidden(f"task {task_id} is not assigned to you", "list_tasks shows your tasks")
         _check_length("note", note, 0, NOTE_MAX)
         note, _ = redact_text(note)
-        updated = self.store.update_task(task_id, state=state, note=note, now=self.clock())
-        self._audit(caller, "task.update", f"task:{task_id}", state=state)
+        with self.store.atomic():
+            updated = self.store.update_task(task_id, state=state, note=note, now=self.clock())
+            self._audit(caller, "task.update", f"task:{task_id}", state=state)
         return updated
 
     def reassign_task(self, caller: Caller, task_id: int, to_worker_id: str, reason: str) -> Task:
@@ -427,23 +438,24 @@ class BridgeService:
             raise invalid("to_worker_id", f"task {task_id} is already {to_worker_id}'s", "name another worker")
         _check_length("reason", reason, 0, NOTE_MAX)
         target = self._live_conversation(to_worker_id, "to_worker_id")
-        moved = self.store.move_task(
-            task_id, to_worker_id=to_worker_id, to_conversation_id=target.conversation_id, now=self.clock()
-        )
-        self._audit(
-            caller,
-            "task.reassign",
-            f"task:{task_id}",
-            from_worker=task.worker_id,
-            to_worker=to_worker_id,
-            reason=reason,
-        )
-        body = (
-            f"Task #{task_id} reassigned to you from worker {task.worker_id}: {moved.title}"
-            + (f"\nReason: {reason}" if reason else "")
-            + (f"\n\n{moved.detail}" if moved.detail else "")
-        )
-        self._post(target, "coordinator", "task_assignment", body, [])
+        with self.store.atomic():
+            moved = self.store.move_task(
+                task_id, to_worker_id=to_worker_id, to_conversation_id=target.conversation_id, now=self.clock()
+            )
+            self._audit(
+                caller,
+                "task.reassign",
+                f"task:{task_id}",
+                from_worker=task.worker_id,
+                to_worker=to_worker_id,
+                reason=reason,
+            )
+            body = (
+                f"Task #{task_id} reassigned to you from worker {task.worker_id}: {moved.title}"
+                + (f"\nReason: {reason}" if reason else "")
+                + (f"\n\n{moved.detail}" if moved.detail else "")
+            )
+            self._post(target, "coordinator", "task_assignment", body, [])
         return moved
 
     def record_alert(self, caller: Caller, worker_id: str, kind: AlertKind, detail: str) -> AlertRecorded:

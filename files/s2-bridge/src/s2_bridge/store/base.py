@@ -5,6 +5,7 @@ less than a hop to a thread, so the server calls them straight from the event lo
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,6 +63,11 @@ class StoreError(Exception):
 
 class Store(Protocol):
     def close(self) -> None: ...
+
+    # One transaction around a change and its audit row: a crash between them (kill -9) must
+    # not leave a message, task or token change that the audit table does not show. Nested
+    # use joins the outer block.
+    def atomic(self) -> AbstractContextManager[None]: ...
 
     # tokens
     def replace_admin_token(self, token_hash: str, now: float) -> None: ...
