@@ -10,7 +10,8 @@
 #   unit      ruff, then pytest on the runtime (real bridge on loopback, real TLS, real SQLite)
 #   ansible   syntax-check of site.yml, ansible-lint (production profile), module tests
 #   sanity    ansible-test sanity on the collection, offline
-#   molecule  the nine-host fleet and the no-systemd worker in podman containers
+#   molecule  the nine-host fleet and the no-systemd worker in podman containers, and the fleet
+#             test protocol (scripts/reliability.sh) on the nine hosts before they go
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -68,11 +69,16 @@ molecule_scenarios() {
     molecule destroy >/dev/null 2>&1 || true
     molecule create
     # The verifier greps this log (converge and idempotence output) for tokens.
+    local start converge_s
+    start=$(date +%s.%N)
     molecule converge 2>&1 | tee "$logs/converge.log"
+    converge_s=$(awk "BEGIN { print $(date +%s.%N) - $start }")
     say "molecule default: idempotence (a second converge must change nothing)"
     molecule idempotence 2>&1 | tee -a "$logs/converge.log"
     say "molecule default: verify"
     S2_CONVERGE_LOG="$logs/converge.log" molecule verify
+    say "reliability: the fleet test protocol on the same nine containers (docs/RELIABILITY.md)"
+    S2_CONVERGE_LOG="$logs/converge.log" S2_CONVERGE_SECONDS=$converge_s bash scripts/reliability.sh --running
     molecule destroy
     say "molecule wsl: a worker without systemd"
     molecule test -s wsl

@@ -1,0 +1,157 @@
+"""Steps 1-5: install, conversations, task distribution, status updates, concurrent messages."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+import lab
+import pytest
+
+CONVERSATION_TASK = "TASK [s2.fleet.credentials : Create or rotate the worker's conversation on the bridge]"
+
+
+def converge_log() -> str:
+    path = os.environ.get("S2_CONVERGE_LOG")
+    if not path:
+        pytest.skip("S2_CONVERGE_LOG is not set: run through scripts/reliability.sh, which converges the lab")
+    return Path(path).read_text(encoding="utf-8", errors="replace")
+
+
+def task_section(log: str, header: str) -> str:
+    """The output lines of the first run of one task in an ansible-playbook log."""
+    start = log.index(header)
+    end = log.find("\nTASK [", start + len(header))
+    return log[start : end if end != -1 else len(log)]
+
+
+@pytest.mark.step(1, "install on nine hosts: the converge")
+def test_1_converge_provisioned_every_host(report, workers, audit_start, extra_conversations):
+    log = converge_log()
+    recap = re.findall(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", log, re.MULTILINE)
+    first_recap = {}
+    for host, ok, changed, unreachable, failed in recap:
+        first_recap.setdefault(host, (int(ok), int(changed), int(unreachable), int(failed)))
+    expected = {lab.ORCHESTRATOR, *(w.host for w in workers)}
+    assert expected <= set(first_recap), f"hosts missing from the PLAY RECAP: {expected - set(first_recap)}"
+    bad = {h: v for h, v in first_recap.items() if h in expected and (v[2] or v[3])}
+    assert not bad, f"unreachable or failed hosts in the converge: {bad}"
+    changed = sum(first_recap[h][1] for h in expected)
+    seconds = os.environ.get("S2_CONVERGE_SECONDS")
+    took = f"{float(seconds):.0f} s, " if seconds else ""
+    report.figure("1", f"{took}{len(expected)} hosts, failed=0 unreachable=0, {changed} tasks changed")
+
+
+@pytest.mark.step(2, "eight conversations created by the module")
+def test_2_one_conversation_per_worker_made_by_the_module(report, workers):
+    section = task_section(converge_log(), CONVERSATION_TASK)
+    changed_by_module = set(re.findall(r"^changed: \[([^\]]+?)(?: ->[^\]]*)?\]", section, re.MULTILINE))
+    live = [c for c in lab.admin("list_conversations")["conversations"] if not c["revoked"]]
+    per_worker = Counter(c["worker_id"] for c in live)
+    for worker in workers:
+        assert per_worker[worker.worker_id] == 1, f"worker {worker.worker_id}: {per_worker[worker.worker_id]} live"
+        role = next(c["worker_role"] for c in live if c["worker_id"] == worker.worker_id)
+        assert role == worker.host, f"worker {worker.worker_id} has role {role!r}"
+        assert worker.host in changed_by_module, f"{worker.host}: the module did not create its conversation"
+    created = [r for r in lab.audit_since(0) if r["action"] == "conversation.create" and r["actor"] == "admin"]
+    conversation_ids = {c["conversation_id"] for c in live if c["worker_id"] in {w.worker_id for w in workers}}
+    assert conversation_ids <= {r["target"] for r in created}
+    report.figure(
+        "2",
+        f"{len(conversation_ids)} live conversations, one per worker, each made by bridge_conversation "
+        f"(changed on {len(changed_by_module & {w.host for w in workers})} workers; audited)",
+    )
+
+
+@pytest.mark.step(3, "eight tasks distributed")
+def test_3_every_worker_sees_its_task(report, workers, run_tag, ledger):
+    listeners = {w.worker_id: lab.Listener(w, f"{run_tag} task for", count=1, deadline_s=60) for w in workers}
+    time.sleep(0.5)  # every listener is parked in wait_for_messages
+    start_at = time.time() + 1.0
+    calls = [
+        {**lab.coordinator_call(w, "assign_task", title=f"{run_tag} task for {w.host}"), "at": start_at}
+        for w in workers
+    ]
+    assigned = lab.run_calls(lab.ORCHESTRATOR, lab.orchestrator_plan(calls, concurrent=True))
+    assert all(r["ok"] for r in assigned), assigned
+    ledger.task_ids |= {r["result"]["task_id"] for r in assigned}
+    seen = {worker_id: listener.messages() for worker_id, listener in listeners.items()}
+    for worker in workers:
+        got = seen[worker.worker_id]
+        assert len(got) == 1, f"{worker.host} saw {len(got)} task messages"
+        assert got[0]["action_type"] == "task_assignment"
+        assert worker.host in got[0]["message"], f"{worker.host} got another worker's task"
+    first_assign = min(r["t0"] for r in assigned)
+    last_seen = max(m[0]["received_at"] for m in seen.values())
+    spread = last_seen - first_assign
+    # Each worker finishes its task, so later steps start with no open task to move around.
+    for worker, record in zip(workers, assigned, strict=True):
+        done = lab.as_worker(
+            worker, [lab.worker_call(worker, "update_task", task_id=record["result"]["task_id"], state="done")]
+        )
+        assert done[0]["ok"] and done[0]["result"]["state"] == "done", done
+    report.figure(
+        "3",
+        f"{len(workers)} tasks: first assign to last worker seeing its task {spread * 1000:.0f} ms; "
+        "each worker then marked its own done",
+        target="< 1 s",
+        met=spread < 1.0,
+    )
+
+
+@pytest.mark.step(4, "40 status updates, visible in fleet status")
+def test_4_status_updates_are_visible_in_fleet_status(report, workers, ledger):
+    sequence = ["working", "waiting", "blocked", "complete", "working"]
+    before = lab.last_audit_id()
+    for worker in workers:
+        # The last one differs per worker, so fleet_status must show each worker's own.
+        statuses = [*sequence[:-1], "idle" if int(worker.worker_id) % 2 else "working"]
+        records = lab.as_worker(worker, [lab.worker_call(worker, "update_my_status", status=s) for s in statuses])
+        assert all(r["ok"] for r in records), records
+        ledger.status_updates += len(records)
+    status = lab.fleet()
+    for worker in workers:
+        want = "idle" if int(worker.worker_id) % 2 else "working"
+        assert status[worker.worker_id]["status"] == want, status[worker.worker_id]
+    updates = [r for r in lab.audit_since(before) if r["action"] == "status.update" and r["actor"].startswith("worker")]
+    assert len(updates) == 5 * len(workers), f"{len(updates)} status.update audit rows"
+    report.figure("4", f"{5 * len(workers)} updates sent, {len(updates)} audited, fleet_status shows each last one")
+
+
+@pytest.mark.step(5, "80 concurrent messages: exactly once, in order")
+def test_5_concurrent_messages_are_delivered_exactly_once_in_order(report, workers, run_tag, ledger):
+    per_worker = 10
+    tag = f"{run_tag} burst"
+    start_at = time.time() + 3.0  # every worker's sender is up by then
+    processes = []
+    for worker in workers:
+        calls = [
+            {**lab.worker_call(worker, "send_to_partner", message=f"{tag} w{worker.worker_id} #{n}"), "at": start_at}
+            for n in range(per_worker)
+        ]
+        plan = {"calls": calls}
+        processes.append((worker, lab.start_calls(worker.host, plan, user=lab.AGENT)))
+    sent = {worker.worker_id: lab.finish_calls(process) for worker, process in processes}
+    lost, duplicated, reordered = 0, 0, 0
+    for worker in workers:
+        assert all(r["ok"] for r in sent[worker.worker_id]), sent[worker.worker_id]
+        ledger.message_ids |= {r["result"]["message_id"] for r in sent[worker.worker_id]}
+        received = lab.dump(worker, side="coordinator", match=f"{tag} w{worker.worker_id} #")
+        numbers = [int(m["message"].rsplit("#", 1)[1]) for m in received]
+        lost += len(set(range(per_worker)) - set(numbers))
+        duplicated += len(numbers) - len(set(numbers))
+        reordered += numbers != sorted(numbers)
+        ids = [m["id"] for m in received]
+        assert ids == sorted(ids)
+    first = min(r["t0"] for records in sent.values() for r in records)
+    last = max(r["t1"] for records in sent.values() for r in records)
+    total = per_worker * len(workers)
+    assert (lost, duplicated, reordered) == (0, 0, 0), (lost, duplicated, reordered)
+    report.figure(
+        "5",
+        f"{total} sent by {len(workers)} workers at once in {last - first:.2f} s; "
+        f"lost {lost}, duplicated {duplicated}, out of order {reordered}",
+    )
