@@ -31,6 +31,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from s2_bridge.config import AdminConfig
 from s2_bridge.credentials import Credentials, read_token_file
+from s2_bridge.errors import ConfigError
 
 CALL_TIMEOUT_S = 30.0
 HEARTBEAT_TIMEOUT_S = 10.0
@@ -132,11 +133,22 @@ def heartbeat_url(bridge_url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/v1/heartbeat", "", ""))
 
 
-def _ssl_context(ca_file: str | None) -> ssl.SSLContext | bool:
+def _ssl_context(ca_file: str | None, source: str | None = None) -> ssl.SSLContext | bool:
+    """The TLS verification setting; a CA file that cannot be loaded is a ConfigError naming
+    the file that points at it (`source`, a credentials or admin config file) when known."""
     if ca_file is None:
         return True  # http:// (tests) never uses it; https without a CA trusts the system store
     # Trust only the fleet CA: a certificate from any public CA is not the bridge.
-    return ssl.create_default_context(cafile=ca_file)
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise ConfigError(
+            source or ca_file,
+            "ca_file" if source else None,
+            f"{ca_file} cannot be loaded as a PEM CA certificate ({reason})",
+            "install the fleet CA there or fix the path",
+        ) from None
 
 
 def _error_message(response: httpx2.Response) -> str:
@@ -176,12 +188,15 @@ class BridgeClient:
         token: str,
         *,
         ca_file: str | None = None,
+        source: str | None = None,
         call_timeout_s: float = CALL_TIMEOUT_S,
         heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
     ) -> None:
         self.bridge_url = bridge_url
         self._token = token
-        self._ca_file = ca_file
+        # Loaded now, so a broken CA file fails the command at start (exit 78), not mid-run.
+        # A plain http:// URL never uses it.
+        self._verify = _ssl_context(ca_file if bridge_url.startswith("https://") else None, source)
         self.call_timeout_s = call_timeout_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._transport: httpx2.AsyncHTTPTransport | None = None
@@ -193,16 +208,18 @@ class BridgeClient:
 
     @classmethod
     def for_credentials(cls, credentials: Credentials, **kwargs: Any) -> BridgeClient:
-        return cls(credentials.bridge_url, credentials.token, ca_file=credentials.ca_file, **kwargs)
+        return cls(
+            credentials.bridge_url, credentials.token, ca_file=credentials.ca_file, source=credentials.path, **kwargs
+        )
 
     @classmethod
     def for_admin(cls, config: AdminConfig, **kwargs: Any) -> BridgeClient:
         token = read_token_file(config.admin_token_file, "admin")
-        return cls(config.bridge_url, token, ca_file=config.ca_file, **kwargs)
+        return cls(config.bridge_url, token, ca_file=config.ca_file, source=config.path, **kwargs)
 
     async def __aenter__(self) -> BridgeClient:
         self._transport = httpx2.AsyncHTTPTransport(
-            verify=_ssl_context(self._ca_file),
+            verify=self._verify,
             trust_env=False,  # an HTTPS_PROXY in the agent's environment must not reroute the bridge
             # Below the bridge's 75 s keep-alive (serve.py), above the 15 s heartbeat interval: a
             # daemon reuses one TLS connection instead of a handshake per beat, and never reuses a

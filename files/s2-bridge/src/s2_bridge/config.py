@@ -7,6 +7,7 @@ never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,12 +95,16 @@ def read_toml(path: str) -> dict[str, Any]:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise ConfigError(path, None, "file not found", "create it or pass the right path") from None
+    except IsADirectoryError:
+        raise ConfigError(path, None, "is a directory, not a file", "pass the path of the TOML file") from None
     except OSError as exc:
         raise ConfigError(path, None, f"cannot read ({exc.strerror})", "check its permissions") from None
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(path, None, f"not valid TOML ({exc})", "fix the syntax at that line") from None
+    except RecursionError:
+        raise ConfigError(path, None, "not valid TOML (nested too deeply)", "write plain keys and tables") from None
 
 
 def _check_type(path: str, key: str, value: Any, expected: Any) -> Any:
@@ -132,7 +137,8 @@ def build_section(path: str, prefix: str, cls: type[T], data: Any) -> T:
 
 
 def _positive(path: str, key: str, value: float) -> None:
-    if value <= 0:
+    # TOML has nan and inf: neither is a usable interval, limit or timeout.
+    if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
         raise ConfigError(path, key, f"must be greater than 0, got {value}", f"set {key} to a positive number")
 
 
@@ -194,13 +200,20 @@ def load_admin_config(path: str) -> AdminConfig:
     url = data["bridge_url"]
     if not url.startswith(("https://", "http://")):
         raise ConfigError(path, "bridge_url", f"{url!r} is not an http(s) URL", "use https://HOST:PORT/mcp")
-    if url.startswith("https://") and not data.get("ca_file"):
-        raise ConfigError(path, "ca_file", "is missing for an https URL", "set ca_file to the fleet CA")
+    if url.startswith("https://"):
+        if not data.get("ca_file"):
+            raise ConfigError(path, "ca_file", "is missing for an https URL", "set ca_file to the fleet CA")
+        if not Path(data["ca_file"]).is_file():
+            raise ConfigError(
+                path, "ca_file", f"{data['ca_file']} does not exist", "install the fleet CA there or fix the path"
+            )
     watchdog = build_section(path, "watchdog", WatchdogSection, watchdog_data)
     for key in ("interval_s", "threshold_s", "check_timeout_s"):
         _positive(path, f"watchdog.{key}", getattr(watchdog, key))
-    if watchdog.grace_s < 0:
-        raise ConfigError(path, "watchdog.grace_s", "must not be negative", "set it to 0 or more")
+    if not math.isfinite(watchdog.grace_s) or watchdog.grace_s < 0:
+        raise ConfigError(
+            path, "watchdog.grace_s", f"must not be negative, got {watchdog.grace_s}", "set it to 0 or more"
+        )
     return AdminConfig(
         path=path,
         bridge_url=url,

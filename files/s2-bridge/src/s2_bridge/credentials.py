@@ -86,11 +86,16 @@ def file_identity(path: str) -> FileIdentity | None:
 def check_private_mode(path: str) -> None:
     """Refuse a secret file that group or others can read or write."""
     try:
-        mode = stat.S_IMODE(Path(path).stat().st_mode)
+        info = Path(path).stat()
     except FileNotFoundError:
         raise ConfigError(path, None, "file not found", "create it or pass the right path") from None
     except OSError as exc:
         raise ConfigError(path, None, f"cannot read ({exc.strerror})", "check its permissions") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError(path, None, "is a directory, not a file", "pass the path of the file itself")
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(path, None, "is not a regular file", "pass the path of the file itself")
+    mode = stat.S_IMODE(info.st_mode)
     if mode & 0o077:
         raise ConfigError(path, None, f"mode {mode:04o} lets group or others read a secret", f"chmod 600 {path}")
 
@@ -215,6 +220,8 @@ def load_credentials(path: str) -> Credentials:
         raise ConfigError(
             path, None, f"not valid JSON (line {exc.lineno}, column {exc.colno})", "fix the syntax there"
         ) from None
+    except RecursionError:
+        raise ConfigError(path, None, "not valid JSON (nested too deeply)", "rewrite it as one flat object") from None
     return parse_credentials(path, data)
 
 

@@ -153,4 +153,5 @@ async def serve(watcher: CredentialsWatcher) -> int:
 
 def run(args: argparse.Namespace) -> int:
     watcher = CredentialsWatcher(args.credentials)  # a bad first file: ConfigError, exit 78
+    BridgeClient.for_credentials(watcher.current)  # so is a CA file that cannot be loaded: say so before serving
     return run_until_signal(lambda: serve(watcher), log)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import ssl
 import time
 from pathlib import Path
 
@@ -74,6 +75,18 @@ def tls_options(config: BridgeConfig, insecure_http: bool) -> dict[str, str]:
             value = getattr(config.tls, key)
             if not Path(value).is_file():
                 raise ConfigError(config.path, f"tls.{key}", f"{value} does not exist", "point it at a PEM file")
+        try:  # the way uvicorn will load them; the password callback keeps an encrypted key from prompting
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                config.tls.cert_file, config.tls.key_file, password=lambda: b""
+            )
+        except OSError as exc:  # ssl.SSLError is an OSError too
+            reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+            raise ConfigError(
+                config.path,
+                "tls.cert_file",
+                f"{config.tls.cert_file} and {config.tls.key_file} are not a PEM certificate and its key ({reason})",
+                "point tls.cert_file and tls.key_file at the server's PEM certificate and unencrypted key",
+            ) from None
         tls = {"ssl_certfile": config.tls.cert_file, "ssl_keyfile": config.tls.key_file}
     return tls
 
