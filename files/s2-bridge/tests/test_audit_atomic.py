@@ -36,7 +36,7 @@ def caller_of(service: BridgeService, token: str):
 def counts(db_path: str) -> tuple[int, int, int, int]:
     with sqlite3.connect(db_path) as db:
         return tuple(
-            db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608 - fixed names
+            db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
             for table in ("messages", "tasks", "conversations", "audit_log")
         )
 
