@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import lab
@@ -113,6 +114,9 @@ def test_7b_a_worker_cut_off_the_network_backs_off_and_recovers_by_itself(report
     down_lines = [line for line in log if "unreachable" in line]
     up_lines = [line for line in log if "reachable again" in line]
     assert len(down_lines) == 1 and len(up_lines) == 1, log
+    # "bridge reachable again after N failed attempts (S s)": the retries the backoff allowed.
+    retries = re.search(r"after (\d+) failed attempts \((\d+) s\)", up_lines[0])
+    assert retries, up_lines[0]
     recovered = lab.wait_for(
         lambda: [
             r for r in lab.audit_since(watermark) if r["action"] == "watchdog.recovered" and r["target"] == "worker:6"
@@ -124,7 +128,8 @@ def test_7b_a_worker_cut_off_the_network_backs_off_and_recovers_by_itself(report
         "7",
         f"network cut of worker 6: silent after {silent_after:.0f} s (watchdog alert audited), keepalive kept "
         f"running; healthy {healthy_after:.0f} s after reconnecting, 0 restarts, "
-        "1 recovered alert; log: 1 'unreachable' + 1 'reachable again' line",
+        f"1 recovered alert; log: 1 'unreachable' + 1 'reachable again' line "
+        f"({retries.group(1)} failed heartbeats in {retries.group(2)} s of backoff)",
         target=f"silent within interval+threshold = {interval + threshold:g} s",
         met=silent_after <= interval + threshold,
     )
