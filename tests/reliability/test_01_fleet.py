@@ -11,27 +11,35 @@ from pathlib import Path
 import lab
 import pytest
 
-CONVERSATION_TASK = "TASK [s2.fleet.credentials : Create or rotate the worker's conversation on the bridge]"
+CONVERSATION_TASK = "s2.fleet.credentials : Create or rotate the worker's conversation on the bridge"
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+MOLECULE_PREFIX = re.compile(r"^\s*\u2502 ?", re.MULTILINE)  # molecule frames each line with "│ "
 
 
 def converge_log() -> str:
+    """The converge output as ansible-playbook prints it: molecule's colours and frame removed
+    (its wrapping of long lines stays, so the patterns below allow any whitespace)."""
     path = os.environ.get("S2_CONVERGE_LOG")
     if not path:
         pytest.skip("S2_CONVERGE_LOG is not set: run through scripts/reliability.sh, which converges the lab")
-    return Path(path).read_text(encoding="utf-8", errors="replace")
+    raw = Path(path).read_text(encoding="utf-8", errors="replace")
+    return MOLECULE_PREFIX.sub("", ANSI_ESCAPE.sub("", raw))
 
 
-def task_section(log: str, header: str) -> str:
+def task_section(log: str, title: str) -> str:
     """The output lines of the first run of one task in an ansible-playbook log."""
-    start = log.index(header)
-    end = log.find("\nTASK [", start + len(header))
-    return log[start : end if end != -1 else len(log)]
+    header = re.search(r"TASK \[" + r"\s+".join(re.escape(word) for word in title.split()) + r"\]", log)
+    assert header, f"no task {title!r} in the converge log"
+    end = log.find("\nTASK [", header.end())
+    return log[header.end() : end if end != -1 else len(log)]
 
 
 @pytest.mark.step(1, "install on nine hosts: the converge")
 def test_1_converge_provisioned_every_host(report, workers, audit_start, extra_conversations):
     log = converge_log()
-    recap = re.findall(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", log, re.MULTILINE)
+    recap = re.findall(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", log, re.MULTILINE)
     first_recap = {}
     for host, ok, changed, unreachable, failed in recap:
         first_recap.setdefault(host, (int(ok), int(changed), int(unreachable), int(failed)))
