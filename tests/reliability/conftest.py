@@ -75,6 +75,11 @@ class Report:
                 verdict += ", target " + ("met" if all(row.verdicts) else "missed")
             figures = "<br>".join(f.replace("|", "/") for f in row.figures) or "-"
             lines.append(f"| {row.step} | {row.title} | {figures} | {row.target or '-'} | {verdict} |")
+        lines += [
+            "",
+            f"Harness: {lab.HARNESS['retried_connects']} probe calls were tried again because their connection "
+            "never opened (no request sent; the lab's DNS), outside the sends step 7 counts.",
+        ]
         return "\n".join(lines) + "\n"
 
 

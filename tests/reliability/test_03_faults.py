@@ -39,6 +39,7 @@ def test_7a_kill_9_mid_burst_loses_and_duplicates_nothing(report, workers, run_t
             {
                 **lab.worker_call(worker, "send_to_partner", message=f"{tag} w{worker.worker_id} #{n}"),
                 "at": start_at + n * SEND_GAP_S,
+                "connect_retries": 0,  # every failed send counts: the bridge is down on purpose
             }
             for n in range(SENDS_PER_SENDER)
         ]
