@@ -5,6 +5,7 @@ reached with `podman exec` (the same way molecule's testinfra backend does), and
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -27,6 +28,7 @@ AGENT = "agent"
 AGENT_HOME = "/home/agent"
 
 T = TypeVar("T")
+TOKEN_RE = re.compile(r"s2[acw]_[A-Za-z0-9_-]{43}")
 
 # Calls the probes tried again because their connection never opened (see probe.NEVER_SENT).
 HARNESS = {"retried_connects": 0}
@@ -272,3 +274,14 @@ def write_file(host: str, path: str, text: str, user: str = "root") -> None:
 
 def read_file(host: str, path: str) -> str:
     return check_in(host, "cat", path)
+
+
+def watchdog_setting(key: str) -> float:
+    text = read_file(ORCHESTRATOR, WATCHDOG_CONFIG)
+    line = next(line for line in text.splitlines() if line.strip().startswith(key))
+    return float(line.split("=", 1)[1].split("#")[0])
+
+
+def journal_since(host: str, unit: str, since: float) -> list[str]:
+    out = check_in(host, "journalctl", "-u", unit, "--since", f"@{since:.0f}", "--no-pager", "-o", "cat")
+    return [line for line in out.splitlines() if line.strip()]

@@ -16,17 +16,6 @@ SEND_GAP_S = 0.1  # 10 sends a second per sender: under the bridge's per-caller 
 KILL_AFTER_S = 5.0
 
 
-def watchdog_setting(key: str) -> float:
-    text = lab.read_file(lab.ORCHESTRATOR, lab.WATCHDOG_CONFIG)
-    line = next(line for line in text.splitlines() if line.strip().startswith(key))
-    return float(line.split("=", 1)[1].split("#")[0])
-
-
-def journal_since(host: str, unit: str, since: float) -> list[str]:
-    out = lab.check_in(host, "journalctl", "-u", unit, "--since", f"@{since:.0f}", "--no-pager", "-o", "cat")
-    return [line for line in out.splitlines() if line.strip()]
-
-
 @pytest.mark.step(7, "faults")
 def test_7a_kill_9_mid_burst_loses_and_duplicates_nothing(report, workers, run_tag, ledger):
     senders = workers[:SENDERS]
@@ -82,7 +71,7 @@ def test_7a_kill_9_mid_burst_loses_and_duplicates_nothing(report, workers, run_t
 @pytest.mark.step(7, "faults")
 def test_7b_a_worker_cut_off_the_network_backs_off_and_recovers_by_itself(report, by_id, ledger):
     six = by_id["6"]
-    interval, threshold = watchdog_setting("interval_s"), watchdog_setting("threshold_s")
+    interval, threshold = lab.watchdog_setting("interval_s"), lab.watchdog_setting("threshold_s")
     assert lab.wait_for(lambda: lab.fleet()["6"]["health"] == "healthy", timeout=120, interval=3)
     before = lab.unit_show(six.host, "s2-keepalive")
     since = float(lab.check_in(six.host, "date", "+%s").strip())
@@ -111,7 +100,7 @@ def test_7b_a_worker_cut_off_the_network_backs_off_and_recovers_by_itself(report
     assert healthy, lab.fleet()["6"]
     after = lab.unit_show(six.host, "s2-keepalive")
     assert (after["MainPID"], after["NRestarts"]) == (before["MainPID"], before["NRestarts"]), (before, after)
-    log = journal_since(six.host, "s2-keepalive", since)
+    log = lab.journal_since(six.host, "s2-keepalive", since)
     down_lines = [line for line in log if "unreachable" in line]
     up_lines = [line for line in log if "reachable again" in line]
     assert len(down_lines) == 1 and len(up_lines) == 1, log

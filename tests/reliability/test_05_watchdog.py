@@ -8,7 +8,6 @@ from datetime import datetime
 
 import lab
 import pytest
-from test_03_faults import journal_since, watchdog_setting
 
 OBSERVE_AFTER_ALERT_S = 75.0  # longer than a minute: the old watchdog re-alerted every minute
 
@@ -29,7 +28,7 @@ def heartbeat_epoch(worker_id: str) -> float:
 @pytest.mark.step(9, "idle recovery: a stopped worker's task moves")
 def test_9_the_watchdog_moves_a_silent_workers_task_to_a_healthy_worker(report, by_id, run_tag, ledger):
     three = by_id["3"]
-    interval, threshold = watchdog_setting("interval_s"), watchdog_setting("threshold_s")
+    interval, threshold = lab.watchdog_setting("interval_s"), lab.watchdog_setting("threshold_s")
     assert lab.wait_for(lambda: all(w["health"] == "healthy" for i, w in lab.fleet().items() if i in by_id), 150, 3)
     plan = lab.orchestrator_plan([lab.coordinator_call(three, "assign_task", title=f"{run_tag} idle-recovery task")])
     task = lab.run_calls(lab.ORCHESTRATOR, plan)[0]["result"]
@@ -70,7 +69,7 @@ def test_9_the_watchdog_moves_a_silent_workers_task_to_a_healthy_worker(report, 
 @pytest.mark.step(12, "watchdog: kill -9 keepalive, then kept down")
 def test_12_a_killed_keepalive_restarts_and_a_downed_one_is_alerted_once(report, by_id):
     five = by_id["5"]
-    interval = watchdog_setting("interval_s")
+    interval = lab.watchdog_setting("interval_s")
     before = lab.unit_show(five.host, "s2-keepalive")
     killed_at = time.time()
     lab.check_in(five.host, "systemctl", "kill", "--signal=SIGKILL", "s2-keepalive")
@@ -95,7 +94,7 @@ def test_12_a_killed_keepalive_restarts_and_a_downed_one_is_alerted_once(report,
         silent_alerts = alerts(watermark, "silent", "5")
         journal = [
             line
-            for line in journal_since(lab.ORCHESTRATOR, "s2-watchdog", journal_from)
+            for line in lab.journal_since(lab.ORCHESTRATOR, "s2-watchdog", journal_from)
             if "worker 5 " in line and " silent:" in line
         ]
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -13,7 +12,6 @@ import lab
 import pytest
 from conftest import INVENTORY, ROOT
 
-TOKEN_RE = re.compile(r"s2[acw]_[A-Za-z0-9_-]{43}")
 OLD_DIR = "/root/s2-reliability/old"
 STOP_FILE = "/root/s2-reliability/stop-rotation-sender"
 SEND_EVERY_S = 2.0
@@ -91,7 +89,7 @@ def test_10_rotation_keeps_every_worker_working_and_refuses_old_tokens(report, w
     during = lab.finish_calls(sender)
     assert done.returncode == 0, f"rotate-credentials.yml failed: see {log_file}"
     output = log_file.read_text(encoding="utf-8")
-    assert not TOKEN_RE.search(output), "a token in the rotation playbook's output"
+    assert not lab.TOKEN_RE.search(output), "a token in the rotation playbook's output"
 
     # Every worker has a new token, its keepalive heartbeats with it, the old ones are refused.
     for worker in workers:
