@@ -307,3 +307,21 @@ def write_credentials(bridge: Bridge, created: dict[str, Any], path: Path, *, wo
     with os.fdopen(fd, "w") as handle:
         json.dump(body, handle)
     return path
+
+
+async def issue_lead(bridge: Bridge, **extra: Any) -> dict[str, Any]:
+    """rotate_lead as the admin: the fleet's lead token (earlier ones are refused from now on)."""
+    async with connect(bridge, bridge.admin_token) as admin:
+        lead = await call(admin, "rotate_lead", **extra)
+    assert "error" not in lead, lead
+    return lead
+
+
+def write_lead_credentials(bridge: Bridge, lead: dict[str, Any], path: Path) -> Path:
+    """Write the lead's credentials file per docs/CONTRACTS.md, 0600."""
+    body = {key: lead[key] for key in ("lead_role", "lead_token", "created_at", "expires_at")}
+    body |= {"bridge_url": bridge.url, "ca_file": bridge.ca_file or ""}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(body, handle)
+    return path

@@ -9,6 +9,7 @@ import time
 import httpx2
 import pytest
 from conftest import Bridge, call, connect, create_conversation
+from s2_bridge.permissions import tools_for
 
 pytestmark = pytest.mark.anyio
 
@@ -39,8 +40,10 @@ async def test_tools_are_listed_over_modern_and_legacy_protocols(bridge: Bridge)
     for mode in ("auto", "legacy"):
         async with connect(bridge, bridge.admin_token, mode=mode) as admin:
             names = {tool.name for tool in (await admin.list_tools()).tools}
-        assert {"create_conversation", "send_to_partner", "check_messages", "update_my_status"} <= names
-        assert {"check_partner_status", "heartbeat", "wait_for_messages", "fleet_status", "reassign_task"} <= names
+        # the admin is shown its own tools only (tools/list follows permissions.TOOL_CALLERS)
+        assert names == set(tools_for("admin"))
+        assert {"create_conversation", "rotate_lead", "fleet_status", "reassign_task"} <= names
+        assert not {"send_to_partner", "check_messages", "heartbeat"} & names
         assert not any("exec" in name or "command" in name or "yolo" in name for name in names)
 
 

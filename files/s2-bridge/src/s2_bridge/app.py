@@ -3,6 +3,7 @@
 Routes:
 - POST /mcp           MCP Streamable HTTP (stateless, JSON responses: see PERFORMANCE.md)
 - POST /v1/heartbeat  the lean heartbeat path for daemons (~3x cheaper than an MCP call)
+- GET  /v1/updates    new messages and open tasks for the agents' hook command
 - GET  /healthz       liveness, no token, no data
 """
 
@@ -13,6 +14,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qs
 
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import BaseModel, ValidationError
@@ -28,6 +30,7 @@ from s2_bridge.tools import CALLER_KEY, build_mcp
 log = logging.getLogger("s2_bridge.app")
 
 MAX_HEARTBEAT_BODY = 4096
+UPDATES_LIMIT_DEFAULT = 20
 
 
 class HeartbeatBody(BaseModel, extra="forbid"):
@@ -132,6 +135,9 @@ class BridgeApp:
         if path == "/v1/heartbeat":
             await self._heartbeat(caller, scope, receive, send)
             return
+        if path == "/v1/updates":
+            await self._updates(caller, scope, send)
+            return
         if path.startswith("/v1/"):
             await _send_json(send, 404, {"error": {"code": "not_found", "message": f"no route {path}"}})
             return
@@ -216,3 +222,29 @@ class BridgeApp:
             await _send_json(send, 403, exc.to_dict())
             return
         await _send_json(send, 200, ack.model_dump(mode="json"))
+
+    async def _updates(self, caller: Caller, scope: Scope, send: Send) -> None:
+        if scope["method"] != "GET":
+            await _send_json(send, 405, {"error": {"code": "method_not_allowed", "message": "use GET"}})
+            return
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        try:
+            after = _int_param(query, "after", None)
+            limit = _int_param(query, "limit", UPDATES_LIMIT_DEFAULT)
+            updates = self.service.updates(caller, after, limit if limit is not None else UPDATES_LIMIT_DEFAULT)
+        except BridgeError as exc:
+            await _send_json(send, 403 if exc.code == "forbidden" else 400, exc.to_dict())
+            return
+        await _send_json(send, 200, updates.model_dump(mode="json"))
+
+
+def _int_param(query: dict[str, list[str]], name: str, default: int | None) -> int | None:
+    values = query.get(name)
+    if not values:
+        return default
+    text = values[-1]
+    if not text.isdigit() or len(text) > 18:
+        raise BridgeError(
+            "invalid_argument", f"{name} must be a whole number", field=name, fix=f"pass {name}=N with N >= 0"
+        )
+    return int(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from s2_bridge.models import Conversation, Side
+from s2_bridge.models import Box, Conversation, Side
 from s2_bridge.tokens import TokenKind
 
 
@@ -14,24 +14,27 @@ class Caller:
     token_hash: str
     remote: str
     conversation: Conversation | None = None
+    lead_role: str | None = None  # the lead's role name (kind "lead" only)
 
     @property
     def side(self) -> Side:
-        if self.kind == "admin":
-            raise ValueError("the admin is not a side of a conversation")
-        return self.kind
+        """The caller's side of its conversation (coordinator or worker tokens only)."""
+        if self.kind not in ("coordinator", "worker"):
+            raise ValueError(f"the {self.kind} is not a side of a conversation")
+        return self.kind  # type: ignore[return-value]
 
     @property
-    def role(self) -> str:
-        if self.conversation is None:
-            return "admin"
-        if self.kind == "coordinator":
-            return self.conversation.coordinator_role
-        return self.conversation.worker_role
+    def box(self) -> Box:
+        """Which inbox the caller reads."""
+        if self.kind == "admin":
+            raise ValueError("the admin has no inbox")
+        return self.kind  # type: ignore[return-value]
 
     @property
     def name(self) -> str:
         """How the audit log names the caller (never the token)."""
+        if self.kind == "lead":
+            return "lead"
         if self.conversation is None:
             return "admin"
         return f"{self.kind}:{self.conversation.conversation_id}"

@@ -51,6 +51,15 @@ class HealthSection:
     silent_after_s: int = 45
 
 
+MESSAGING_MODES = ("mesh", "star")
+
+
+@dataclass(frozen=True)
+class FleetSection:
+    # mesh: workers may message each other directly; star: workers message the lead only
+    messaging: str = "mesh"
+
+
 @dataclass(frozen=True)
 class LimitsSection:
     message_max_chars: int = 50_000
@@ -70,6 +79,7 @@ class BridgeConfig:
     auth: AuthSection = field(default_factory=AuthSection)
     conversations: ConversationsSection = field(default_factory=ConversationsSection)
     health: HealthSection = field(default_factory=HealthSection)
+    fleet: FleetSection = field(default_factory=FleetSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
 
 
@@ -151,6 +161,7 @@ def load_bridge_config(path: str) -> BridgeConfig:
         "auth": AuthSection,
         "conversations": ConversationsSection,
         "health": HealthSection,
+        "fleet": FleetSection,
         "limits": LimitsSection,
     }
     built: dict[str, Any] = {}
@@ -171,6 +182,13 @@ def _validate_bridge(config: BridgeConfig) -> None:
         for key in ("cert_file", "key_file"):
             if not getattr(config.tls, key):
                 raise ConfigError(path, f"tls.{key}", "is empty", f"set tls.{key} to a PEM file")
+    if config.fleet.messaging not in MESSAGING_MODES:
+        raise ConfigError(
+            path,
+            "fleet.messaging",
+            f"{config.fleet.messaging!r} is not a messaging mode",
+            'use "mesh" (workers message each other) or "star" (workers message the lead only)',
+        )
     if config.storage.backend != "sqlite":
         raise ConfigError(path, "storage.backend", f"{config.storage.backend!r} is not supported", 'use "sqlite"')
     _positive(path, "conversations.default_ttl_s", config.conversations.default_ttl_s)

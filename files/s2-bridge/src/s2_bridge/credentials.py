@@ -17,8 +17,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from s2_bridge import tokens
 from s2_bridge.errors import ConfigError
 
+# A worker's file (the runbook's seven fields plus two); the orchestrator's copy holds both tokens.
 FIELDS = (
     "conversation_id",
     "worker_id",
@@ -30,18 +32,16 @@ FIELDS = (
     "bridge_url",
     "ca_file",
 )
+# The lead's file (the orchestrator's agent): one fleet-scoped token, no conversation.
+LEAD_FIELDS = ("lead_role", "lead_token", "created_at", "expires_at", "bridge_url", "ca_file")
 CONVERSATION_ID = re.compile(r"^conv_[0-9a-f]{16}$")
-TOKEN_BODY = r"[A-Za-z0-9_-]{43}"
-TOKEN_PATTERNS = {
-    "admin": re.compile(rf"^s2a_{TOKEN_BODY}$"),
-    "coordinator": re.compile(rf"^s2c_{TOKEN_BODY}$"),
-    "worker": re.compile(rf"^s2w_{TOKEN_BODY}$"),
-}
-TOKEN_PREFIXES = {"admin": "s2a_", "coordinator": "s2c_", "worker": "s2w_"}
 
 
 @dataclass(frozen=True)
 class Credentials:
+    """A worker's file, the orchestrator's copy of one, or the lead's file (then
+    conversation_id and worker_id are empty and worker_role holds the lead's role)."""
+
     path: str
     conversation_id: str
     worker_id: str
@@ -52,15 +52,24 @@ class Credentials:
     expires_at: datetime
     bridge_url: str
     ca_file: str | None
+    lead_token: str = field(default="", repr=False)
 
     @property
     def token(self) -> str:
-        """The token the daemons use: the worker's when set, else the coordinator's."""
-        return self.worker_token or self.coordinator_token
+        """The token the commands use: the lead's, else the worker's, else the coordinator's."""
+        return self.lead_token or self.worker_token or self.coordinator_token
 
     @property
     def side(self) -> str:
+        """Which identity the token is: lead, worker or coordinator."""
+        if self.lead_token:
+            return "lead"
         return "worker" if self.worker_token else "coordinator"
+
+    @property
+    def label(self) -> str:
+        """How logs and file names tell identities apart (never a token)."""
+        return "lead" if self.lead_token else f"worker-{self.worker_id}"
 
     def expired(self, now: datetime) -> bool:
         return now >= self.expires_at
@@ -110,14 +119,14 @@ def _read_private_text(path: str) -> str:
         raise ConfigError(path, None, "is not UTF-8 text", "rewrite it as UTF-8 JSON") from None
 
 
-def read_token_file(path: str, kind: str = "admin") -> str:
+def read_token_file(path: str, kind: tokens.TokenKind = "admin") -> str:
     """Read a bare token file (the admin token); mode 0600 and the right prefix are required."""
     token = _read_private_text(path).strip()
-    if not TOKEN_PATTERNS[kind].match(token):
+    if not tokens.PATTERNS[kind].match(token):
         raise ConfigError(
             path,
             None,
-            f"does not hold an {kind} token ({TOKEN_PREFIXES[kind]} + 43 characters)",
+            f"does not hold an {kind} token ({tokens.describe(kind)})",
             "point to the token file the bridge wrote on first start",
         )
     return token
@@ -144,50 +153,38 @@ def _parse_time(path: str, key: str, value: str) -> datetime:
     return parsed
 
 
-def _check_token(path: str, key: str, value: str, kind: str) -> None:
+def _check_token(path: str, key: str, value: str, kind: tokens.TokenKind) -> None:
     # Never echo the value: it is a secret even when malformed.
-    if value and not TOKEN_PATTERNS[kind].match(value):
+    if value and not tokens.PATTERNS[kind].match(value):
         raise ConfigError(
             path,
             key,
-            f"is not a {kind} token ({TOKEN_PREFIXES[kind]} + 43 characters)",
+            f"is not a {kind} token ({tokens.describe(kind)})",
             "rewrite the file from the bridge's create or rotate result",
         )
 
 
-def parse_credentials(path: str, data: Any) -> Credentials:
-    """Validate every field of a decoded credentials file."""
-    if not isinstance(data, dict):
-        raise ConfigError(path, None, "must be a JSON object", "rewrite it as {...} with the credentials fields")
+def _check_fields(path: str, data: dict[str, Any], fields: tuple[str, ...]) -> dict[str, str]:
     for key in data:
-        if key not in FIELDS:
-            raise ConfigError(path, key, "unknown field", f"remove it or use one of: {', '.join(FIELDS)}")
-    values = {key: _require_str(path, data, key) for key in FIELDS if key != "ca_file"}
+        if key not in fields:
+            raise ConfigError(path, key, "unknown field", f"remove it or use one of: {', '.join(fields)}")
+    values = {key: _require_str(path, data, key) for key in fields if key != "ca_file"}
     ca_file = data.get("ca_file")
     if ca_file is not None and not isinstance(ca_file, str):
         raise ConfigError(path, "ca_file", f"must be a string, got {type(ca_file).__name__}", "set it to a PEM file")
+    values["ca_file"] = ca_file or ""
+    return values
 
-    if not CONVERSATION_ID.match(values["conversation_id"]):
-        raise ConfigError(
-            path,
-            "conversation_id",
-            f"{values['conversation_id']!r} is not conv_ + 16 hex digits",
-            "copy the id again",
-        )
-    if not values["worker_id"].strip():
-        raise ConfigError(path, "worker_id", "is empty", 'set it to the worker\'s id, e.g. "3"')
-    if not 3 <= len(values["worker_role"]) <= 100:
-        raise ConfigError(path, "worker_role", "must be 3-100 characters", "use the role the conversation has")
-    _check_token(path, "coordinator_token", values["coordinator_token"], "coordinator")
-    _check_token(path, "worker_token", values["worker_token"], "worker")
-    if not values["worker_token"] and not values["coordinator_token"]:
-        raise ConfigError(path, "worker_token", "is empty and so is coordinator_token", "write a token into the file")
+
+def _check_times(path: str, values: dict[str, str]) -> tuple[datetime, datetime]:
     created_at = _parse_time(path, "created_at", values["created_at"])
     expires_at = _parse_time(path, "expires_at", values["expires_at"])
     if expires_at <= created_at:
         raise ConfigError(path, "expires_at", "is not after created_at", "rewrite the file from the bridge's result")
+    return created_at, expires_at
 
-    url = values["bridge_url"]
+
+def _check_bridge(path: str, url: str, ca_file: str) -> None:
     if not url.startswith(("https://", "http://")):
         raise ConfigError(path, "bridge_url", f"{url!r} is not an http(s) URL", "use https://HOST:PORT/mcp")
     if url.startswith("https://"):
@@ -197,6 +194,60 @@ def parse_credentials(path: str, data: Any) -> Credentials:
             raise ConfigError(
                 path, "ca_file", f"{ca_file} does not exist", "install the fleet CA there or fix the path"
             )
+
+
+def _check_role(path: str, key: str, value: str) -> None:
+    if not 3 <= len(value) <= 100:
+        raise ConfigError(path, key, "must be 3-100 characters", "use the role the bridge issued the token for")
+
+
+def parse_lead_credentials(path: str, data: dict[str, Any]) -> Credentials:
+    """Validate the lead's file (LEAD_FIELDS)."""
+    values = _check_fields(path, data, LEAD_FIELDS)
+    _check_role(path, "lead_role", values["lead_role"])
+    if not values["lead_token"]:
+        raise ConfigError(path, "lead_token", "is empty", "write the lead token into the file (rotate_lead)")
+    _check_token(path, "lead_token", values["lead_token"], "lead")
+    created_at, expires_at = _check_times(path, values)
+    _check_bridge(path, values["bridge_url"], values["ca_file"])
+    return Credentials(
+        path=path,
+        conversation_id="",
+        worker_id="",
+        worker_role=values["lead_role"],
+        coordinator_token="",
+        worker_token="",
+        lead_token=values["lead_token"],
+        created_at=created_at,
+        expires_at=expires_at,
+        bridge_url=values["bridge_url"],
+        ca_file=values["ca_file"] or None,
+    )
+
+
+def parse_credentials(path: str, data: Any) -> Credentials:
+    """Validate every field of a decoded credentials file: a worker's (FIELDS) or the lead's."""
+    if not isinstance(data, dict):
+        raise ConfigError(path, None, "must be a JSON object", "rewrite it as {...} with the credentials fields")
+    if "lead_token" in data:
+        return parse_lead_credentials(path, data)
+    values = _check_fields(path, data, FIELDS)
+    if not CONVERSATION_ID.match(values["conversation_id"]):
+        raise ConfigError(
+            path,
+            "conversation_id",
+            f"{values['conversation_id']!r} is not conv_ + 16 hex digits",
+            "copy the id again",
+        )
+    if not values["worker_id"].strip():
+        raise ConfigError(path, "worker_id", "is empty", 'set it to the worker\'s id, e.g. "3"')
+    _check_role(path, "worker_role", values["worker_role"])
+    _check_token(path, "coordinator_token", values["coordinator_token"], "coordinator")
+    _check_token(path, "worker_token", values["worker_token"], "worker")
+    if not values["worker_token"] and not values["coordinator_token"]:
+        raise ConfigError(path, "worker_token", "is empty and so is coordinator_token", "write a token into the file")
+    created_at, expires_at = _check_times(path, values)
+    _check_bridge(path, values["bridge_url"], values["ca_file"])
     return Credentials(
         path=path,
         conversation_id=values["conversation_id"],
@@ -206,8 +257,8 @@ def parse_credentials(path: str, data: Any) -> Credentials:
         worker_token=values["worker_token"],
         created_at=created_at,
         expires_at=expires_at,
-        bridge_url=url,
-        ca_file=ca_file or None,
+        bridge_url=values["bridge_url"],
+        ca_file=values["ca_file"] or None,
     )
 
 
@@ -275,11 +326,13 @@ class CredentialsWatcher:
 
 
 def credentials_document(result: dict[str, Any], bridge_url: str, ca_file: str | None) -> dict[str, Any]:
-    """Build the file contents from a create/rotate_conversation result."""
-    document = {key: result[key] for key in FIELDS if key in result}
+    """Build the file contents from a create/rotate_conversation result, or from a rotate_lead
+    result (which carries lead_token) for the lead's file."""
+    fields = LEAD_FIELDS if "lead_token" in result else FIELDS
+    document = {key: result[key] for key in fields if key in result}
     document["bridge_url"] = bridge_url
     document["ca_file"] = ca_file or ""
-    return {key: document.get(key, "") for key in FIELDS}
+    return {key: document.get(key, "") for key in fields}
 
 
 def write_private_json(path: str, document: dict[str, Any]) -> None:

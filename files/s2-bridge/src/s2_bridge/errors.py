@@ -43,8 +43,8 @@ def invalid(field: str, message: str, fix: str) -> BridgeError:
     return BridgeError("invalid_argument", message, field=field, fix=fix)
 
 
-def forbidden(message: str, fix: str | None = None) -> BridgeError:
-    return BridgeError("forbidden", message, fix=fix)
+def forbidden(message: str, fix: str | None = None, *, field: str | None = None) -> BridgeError:
+    return BridgeError("forbidden", message, field=field, fix=fix)
 
 
 def not_found(field: str, message: str) -> BridgeError:

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 Side = Literal["coordinator", "worker"]
+# Whose inbox: a conversation's worker or coordinator side, or the lead's (the whole fleet).
+Box = Literal["coordinator", "worker", "lead"]
 ActionType = Literal["question", "info", "proposal", "blocked", "complete", "task_assignment"]
 AgentStatus = Literal["working", "waiting", "blocked", "complete", "idle"]
 TaskState = Literal["assigned", "in_progress", "done", "blocked"]
@@ -16,6 +18,19 @@ Health = Literal["healthy", "silent", "never_seen"]
 AlertKind = Literal["silent", "recovered", "never_seen"]
 
 OPEN_TASK_STATES: tuple[TaskState, ...] = ("assigned", "in_progress", "blocked")
+
+
+def worker_sort_key(worker_id: str) -> tuple[int, int, str]:
+    """Numeric ids in numeric order ("2" before "10"), then other ids alphabetically."""
+    if worker_id.isdigit():
+        return (0, int(worker_id), "")
+    return (1, 0, worker_id)
+
+
+def health_of(heartbeat_age_s: float | None, silent_after_s: float) -> Health:
+    if heartbeat_age_s is None:
+        return "never_seen"
+    return "silent" if heartbeat_age_s > silent_after_s else "healthy"
 
 
 def iso(ts: float | None) -> str | None:
@@ -47,8 +62,24 @@ class ConversationCredentials(BaseModel):
     expires_at: str
 
 
+class LeadInfo(BaseModel):
+    lead_role: str
+    created_at: str
+    expires_at: str
+
+
+class LeadCredentials(BaseModel):
+    """Only rotate_lead returns the lead token, and only to the admin who asked."""
+
+    lead_role: str
+    lead_token: str
+    created_at: str
+    expires_at: str
+
+
 class ConversationList(BaseModel):
     conversations: list[Conversation]
+    lead: LeadInfo | None = Field(default=None, description="the live lead token's role and lifetime, if any")
 
 
 class Revoked(BaseModel):
@@ -58,16 +89,22 @@ class Revoked(BaseModel):
 
 class Message(BaseModel):
     id: int
+    conversation_id: str
     from_side: Side
     from_role: str
+    from_worker: str | None = Field(description="the sending worker's id; null when the lead or a coordinator sent it")
+    to_worker: str | None = Field(description="the receiving worker's id; null when it went to the lead")
     action_type: ActionType
     message: str
     files_involved: list[str]
+    reply_to: int | None = Field(description="the id of the message this one answers, if any")
     created_at: str
 
 
 class Sent(BaseModel):
-    message_id: int
+    message_id: int = Field(description="the id of the (first) stored message")
+    message_ids: list[int] = Field(description="one id per recipient, in the order of recipients")
+    recipients: list[str] = Field(description='worker ids, or "lead"')
     conversation_id: str
     redactions: int = Field(description="secret-looking strings replaced before storage")
     created_at: str
@@ -140,3 +177,14 @@ class TaskList(BaseModel):
 
 class AlertRecorded(BaseModel):
     audit_id: int
+
+
+class Updates(BaseModel):
+    """GET /v1/updates: what the hook command shows the agent."""
+
+    messages: list[Message]
+    last_id: int = Field(description="the newest message id in the caller's inbox (0 when empty)")
+    unread: int
+    acked_through: int
+    open_tasks: list[Task]
+    server_time: str

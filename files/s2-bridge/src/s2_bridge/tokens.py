@@ -1,21 +1,31 @@
-"""Bearer tokens: made with `secrets`, stored only as SHA-256 hashes, compared in constant time.
+"""Bearer tokens: made with `secrets`, stored only as SHA-256 hashes, looked up by that hash.
 
 A plain hash (not a slow KDF) is right here: tokens carry 256 bits of randomness, so there is
-nothing to brute-force, and every call must verify one cheaply.
+nothing to brute-force, and every call must verify one cheaply. The store is queried by the
+hash (an index lookup), so no secret is ever compared byte by byte.
+
+This module is the one home of the token shape: the prefixes, the length and the pattern that
+credentials files, redaction and the tests' leak scans use.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
+import re
 import secrets
 from typing import Final, Literal
 
-TokenKind = Literal["admin", "coordinator", "worker"]
+TokenKind = Literal["admin", "coordinator", "worker", "lead"]
 
-PREFIXES: Final[dict[TokenKind, str]] = {"admin": "s2a_", "coordinator": "s2c_", "worker": "s2w_"}
+PREFIXES: Final[dict[TokenKind, str]] = {"admin": "s2a_", "coordinator": "s2c_", "worker": "s2w_", "lead": "s2l_"}
 TOKEN_BYTES: Final = 32  # 256 bits
-TOKEN_CHARS: Final = 4 + 43  # prefix + base64url of 32 bytes
+BODY_CHARS: Final = 43  # base64url of 32 bytes
+TOKEN_CHARS: Final = 4 + BODY_CHARS
+# Any bridge token inside a text (leak scans); `PATTERNS[kind]` matches one whole token.
+TOKEN_RE: Final = re.compile(r"s2[acwl]_[A-Za-z0-9_-]{43}")
+PATTERNS: Final[dict[TokenKind, re.Pattern[str]]] = {
+    kind: re.compile(rf"^{prefix}[A-Za-z0-9_-]{{{BODY_CHARS}}}$") for kind, prefix in PREFIXES.items()
+}
 
 
 def new_token(kind: TokenKind) -> str:
@@ -26,10 +36,11 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def hashes_match(stored_hash: str, presented_token: str) -> bool:
-    return hmac.compare_digest(stored_hash, token_hash(presented_token))
-
-
 def looks_like_token(value: str) -> bool:
     """Cheap shape check that rejects junk before it reaches the store."""
     return len(value) == TOKEN_CHARS and value[:4] in PREFIXES.values()
+
+
+def describe(kind: TokenKind) -> str:
+    """How an error message names a token's shape (never its value)."""
+    return f"{PREFIXES[kind]} + {BODY_CHARS} characters"

@@ -29,20 +29,12 @@ from s2_bridge.backoff import Backoff
 from s2_bridge.client import AuthRefused, BridgeClient, BridgeUnavailable, ToolCallError
 from s2_bridge.config import AdminConfig, load_admin_config
 from s2_bridge.daemon import run_until_signal
+from s2_bridge.models import OPEN_TASK_STATES, AlertKind, Health, health_of, worker_sort_key
 
 log = logging.getLogger("s2_bridge.watchdog")
 
-Health = Literal["healthy", "silent", "never_seen"]
-AlertKind = Literal["silent", "recovered", "never_seen"]
-OPEN_TASK_STATES = ("assigned", "in_progress", "blocked")
+__all__ = ["OPEN_TASK_STATES", "AlertKind", "Health", "worker_sort_key"]  # re-exported for status and tests
 BACKOFF_CAP_S = 60.0
-
-
-def worker_sort_key(worker_id: str) -> tuple[int, int, str]:
-    """Numeric ids in numeric order ("2" before "10"), then other ids alphabetically."""
-    if worker_id.isdigit():
-        return (0, int(worker_id), "")
-    return (1, 0, worker_id)
 
 
 # --- state and actions -----------------------------------------------------------------------
@@ -97,9 +89,7 @@ Action = Alert | ReassignStranded | NoHealthyWorker
 
 def classify(worker: Mapping[str, Any], threshold_s: float) -> Health:
     age = worker.get("heartbeat_age_s")
-    if age is None:
-        return "never_seen"
-    return "silent" if float(age) > threshold_s else "healthy"
+    return health_of(None if age is None else float(age), threshold_s)
 
 
 def decide(previous: WatchdogState, snapshot: Mapping[str, Any], now: float) -> tuple[WatchdogState, list[Action]]:

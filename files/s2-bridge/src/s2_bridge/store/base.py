@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from s2_bridge.models import (
+    Box,
     Conversation,
     Message,
     Side,
@@ -25,6 +26,30 @@ class TokenRecord:
     conversation_id: str | None
     expires_at: float | None
     revoked: bool
+    label: str | None = None  # the lead's role
+
+
+@dataclass(frozen=True)
+class LeadRecord:
+    lead_role: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class MessageDraft:
+    """A validated, redacted message for one inbox: `conversation_id` + `to_side`."""
+
+    conversation_id: str
+    to_side: Side
+    from_side: Side
+    from_role: str
+    from_worker: str | None
+    to_worker: str | None
+    action_type: str
+    body: str
+    files: list[str]
+    reply_to: int | None
 
 
 @dataclass(frozen=True)
@@ -72,6 +97,9 @@ class Store(Protocol):
     # tokens
     def replace_admin_token(self, token_hash: str, now: float) -> None: ...
     def lookup_token(self, token_hash: str) -> TokenRecord | None: ...
+    # a new lead token; every earlier lead token is revoked in the same transaction
+    def replace_lead_token(self, token_hash: str, *, lead_role: str, now: float, expires_at: float) -> None: ...
+    def live_lead(self, now: float) -> LeadRecord | None: ...
 
     # conversations
     def create_conversation(
@@ -93,27 +121,20 @@ class Store(Protocol):
     def list_conversations(self, include_revoked: bool) -> list[Conversation]: ...
     def live_conversation_of_worker(self, worker_id: str) -> Conversation | None: ...
 
-    # messages
-    def add_message(
-        self,
-        conversation_id: str,
-        *,
-        from_side: Side,
-        from_role: str,
-        action_type: str,
-        body: str,
-        files: list[str],
-        now: float,
-    ) -> int: ...
-    def messages_for(self, conversation_id: str, to_side: Side, after_id: int, limit: int) -> list[Message]: ...
-    def count_for(self, conversation_id: str, to_side: Side, after_id: int) -> int: ...
-    def unread_count(self, conversation_id: str, side: Side) -> int: ...
-    def read_cursor(self, conversation_id: str, side: Side) -> int: ...
-    def advance_cursor(self, conversation_id: str, side: Side, ack_through: int) -> int: ...
+    # messages; `side` names an inbox: a conversation's worker or coordinator side, or "lead"
+    # (every message a worker sent; conversation_id is then ignored)
+    def add_message(self, draft: MessageDraft, now: float) -> int: ...
+    def get_message(self, message_id: int) -> Message | None: ...
+    def messages_for(self, conversation_id: str, side: Box, after_id: int, limit: int) -> list[Message]: ...
+    def count_for(self, conversation_id: str, side: Box, after_id: int) -> int: ...
+    def newest_id(self, conversation_id: str, side: Box) -> int: ...
+    def unread_count(self, conversation_id: str, side: Box) -> int: ...
+    def read_cursor(self, conversation_id: str, side: Box) -> int: ...
+    def advance_cursor(self, conversation_id: str, side: Box, ack_through: int) -> int: ...
 
     # presence
-    def heartbeat(self, conversation_id: str, side: Side, now: float, status: str | None) -> None: ...
-    def presence(self, conversation_id: str, side: Side) -> Presence: ...
+    def heartbeat(self, conversation_id: str, side: Box, now: float, status: str | None) -> None: ...
+    def presence(self, conversation_id: str, side: Box) -> Presence: ...
     def fleet(self) -> list[FleetRow]: ...
 
     # tasks

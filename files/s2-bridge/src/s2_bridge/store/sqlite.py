@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from s2_bridge.models import OPEN_TASK_STATES, Conversation, Message, Side, Task, TaskState, iso
-from s2_bridge.store.base import AuditEntry, FleetRow, Presence, StoreError, TokenRecord
+from s2_bridge.models import OPEN_TASK_STATES, Box, Conversation, Message, Task, TaskState, iso
+from s2_bridge.store.base import AuditEntry, FleetRow, LeadRecord, MessageDraft, Presence, StoreError, TokenRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -28,15 +28,10 @@ CREATE TABLE IF NOT EXISTS conversations (
 -- one live conversation per worker: a second create is a conflict, not a silent twin
 CREATE UNIQUE INDEX IF NOT EXISTS conversations_live_worker
     ON conversations(worker_id) WHERE revoked_at IS NULL;
-CREATE TABLE IF NOT EXISTS tokens (
-    hash TEXT PRIMARY KEY,
-    kind TEXT NOT NULL CHECK (kind IN ('admin', 'coordinator', 'worker')),
-    conversation_id TEXT REFERENCES conversations(id),
-    created_at REAL NOT NULL,
-    expires_at REAL,
-    revoked_at REAL
-);
+{tokens}
 CREATE INDEX IF NOT EXISTS tokens_conversation ON tokens(conversation_id);
+-- A message lands in one inbox: conversation_id + to_side (a worker's, or the coordinator side
+-- of the sender's conversation); the lead's inbox is every message a worker sent.
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     conversation_id TEXT NOT NULL REFERENCES conversations(id),
@@ -45,9 +40,14 @@ CREATE TABLE IF NOT EXISTS messages (
     action_type TEXT NOT NULL,
     body TEXT NOT NULL,
     files_json TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    to_side TEXT NOT NULL CHECK (to_side IN ('coordinator', 'worker')),
+    from_worker TEXT,
+    to_worker TEXT,
+    reply_to INTEGER
 );
-CREATE INDEX IF NOT EXISTS messages_inbox ON messages(conversation_id, from_side, id);
+CREATE INDEX IF NOT EXISTS messages_to ON messages(conversation_id, to_side, id);
+CREATE INDEX IF NOT EXISTS messages_from ON messages(from_side, id);
 CREATE TABLE IF NOT EXISTS read_cursors (
     conversation_id TEXT NOT NULL,
     side TEXT NOT NULL,
@@ -87,7 +87,45 @@ CREATE TABLE IF NOT EXISTS audit_log (
 );
 """
 
-OTHER_SIDE: dict[Side, Side] = {"coordinator": "worker", "worker": "coordinator"}
+TOKENS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
+    hash TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('admin', 'coordinator', 'worker', 'lead')),
+    conversation_id TEXT REFERENCES conversations(id),
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL,
+    label TEXT
+);"""
+SCHEMA = SCHEMA.replace("{tokens}", TOKENS_TABLE.format(name="tokens"))
+
+# Schema 1 (before the lead and worker-to-worker messages) to 2, in one transaction.
+MIGRATE_1_TO_2 = (
+    TOKENS_TABLE.format(name="tokens_v2"),
+    "INSERT INTO tokens_v2(hash, kind, conversation_id, created_at, expires_at, revoked_at)"
+    " SELECT hash, kind, conversation_id, created_at, expires_at, revoked_at FROM tokens",
+    "DROP TABLE tokens",
+    "ALTER TABLE tokens_v2 RENAME TO tokens",
+    "ALTER TABLE messages ADD COLUMN to_side TEXT NOT NULL DEFAULT 'worker'"
+    " CHECK (to_side IN ('coordinator', 'worker'))",
+    "ALTER TABLE messages ADD COLUMN from_worker TEXT",
+    "ALTER TABLE messages ADD COLUMN to_worker TEXT",
+    "ALTER TABLE messages ADD COLUMN reply_to INTEGER",
+    "UPDATE messages SET to_side = CASE from_side WHEN 'coordinator' THEN 'worker' ELSE 'coordinator' END",
+    "UPDATE messages SET from_worker = (SELECT worker_id FROM conversations c WHERE c.id = messages.conversation_id)"
+    " WHERE from_side = 'worker'",
+    "UPDATE messages SET to_worker = (SELECT worker_id FROM conversations c WHERE c.id = messages.conversation_id)"
+    " WHERE from_side = 'coordinator'",
+    "DROP INDEX IF EXISTS messages_inbox",
+)
+
+
+def _inbox(conversation_id: str, side: Box) -> tuple[str, tuple[object, ...]]:
+    """The WHERE clause of one inbox: a worker's or a coordinator's (one conversation), or the
+    lead's (every message a worker sent, in any conversation)."""
+    if side == "lead":
+        return "from_side='worker'", ()
+    return "conversation_id=? AND to_side=?", (conversation_id, side)
 
 
 def _conversation(row: sqlite3.Row) -> Conversation:
@@ -105,11 +143,15 @@ def _conversation(row: sqlite3.Row) -> Conversation:
 def _message(row: sqlite3.Row) -> Message:
     return Message(
         id=row["id"],
+        conversation_id=row["conversation_id"],
         from_side=row["from_side"],
         from_role=row["from_role"],
+        from_worker=row["from_worker"],
+        to_worker=row["to_worker"],
         action_type=row["action_type"],
         message=row["body"],
         files_involved=json.loads(row["files_json"]),
+        reply_to=row["reply_to"],
         created_at=iso(row["created_at"]) or "",
     )
 
@@ -147,6 +189,20 @@ class SQLiteStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                "schema_too_new",
+                "storage.path",
+                f"{self.path} has schema {version}; this runtime knows {SCHEMA_VERSION}: install the newer runtime",
+            )
+        if version == 1:
+            with self._transaction() as db:
+                for statement in MIGRATE_1_TO_2:
+                    db.execute(statement)
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -183,7 +239,7 @@ class SQLiteStore:
 
     def lookup_token(self, token_hash: str) -> TokenRecord | None:
         row = self._db.execute(
-            "SELECT kind, conversation_id, expires_at, revoked_at FROM tokens WHERE hash=?", (token_hash,)
+            "SELECT kind, conversation_id, expires_at, revoked_at, label FROM tokens WHERE hash=?", (token_hash,)
         ).fetchone()
         if row is None:
             return None
@@ -192,7 +248,27 @@ class SQLiteStore:
             conversation_id=row["conversation_id"],
             expires_at=row["expires_at"],
             revoked=row["revoked_at"] is not None,
+            label=row["label"],
         )
+
+    def replace_lead_token(self, token_hash: str, *, lead_role: str, now: float, expires_at: float) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE tokens SET revoked_at=? WHERE kind='lead' AND revoked_at IS NULL", (now,))
+            db.execute(
+                "INSERT INTO tokens(hash, kind, conversation_id, created_at, expires_at, revoked_at, label)"
+                " VALUES (?, 'lead', NULL, ?, ?, NULL, ?)",
+                (token_hash, now, expires_at, lead_role),
+            )
+
+    def live_lead(self, now: float) -> LeadRecord | None:
+        row = self._db.execute(
+            "SELECT label, created_at, expires_at FROM tokens WHERE kind='lead' AND revoked_at IS NULL"
+            " AND expires_at > ? ORDER BY created_at DESC LIMIT 1",
+            (now,),
+        ).fetchone()
+        if row is None:
+            return None
+        return LeadRecord(lead_role=row["label"] or "", created_at=row["created_at"], expires_at=row["expires_at"])
 
     # conversations
     def create_conversation(
@@ -286,61 +362,71 @@ class SQLiteStore:
         return _conversation(row) if row else None
 
     # messages
-    def add_message(
-        self,
-        conversation_id: str,
-        *,
-        from_side: Side,
-        from_role: str,
-        action_type: str,
-        body: str,
-        files: list[str],
-        now: float,
-    ) -> int:
+    def add_message(self, draft: MessageDraft, now: float) -> int:
         cursor = self._db.execute(
-            "INSERT INTO messages(conversation_id, from_side, from_role, action_type, body, files_json, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (conversation_id, from_side, from_role, action_type, body, json.dumps(files), now),
+            "INSERT INTO messages(conversation_id, from_side, from_role, action_type, body, files_json, created_at,"
+            " to_side, from_worker, to_worker, reply_to) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                draft.conversation_id,
+                draft.from_side,
+                draft.from_role,
+                draft.action_type,
+                draft.body,
+                json.dumps(draft.files),
+                now,
+                draft.to_side,
+                draft.from_worker,
+                draft.to_worker,
+                draft.reply_to,
+            ),
         )
         return int(cursor.lastrowid or 0)
 
-    def messages_for(self, conversation_id: str, to_side: Side, after_id: int, limit: int) -> list[Message]:
+    def get_message(self, message_id: int) -> Message | None:
+        row = self._db.execute("SELECT * FROM messages WHERE id=?", (message_id,)).fetchone()
+        return _message(row) if row else None
+
+    def messages_for(self, conversation_id: str, side: Box, after_id: int, limit: int) -> list[Message]:
+        where, params = _inbox(conversation_id, side)
         rows = self._db.execute(
-            "SELECT * FROM messages WHERE conversation_id=? AND from_side=? AND id>? ORDER BY id LIMIT ?",
-            (conversation_id, OTHER_SIDE[to_side], after_id, limit),
+            f"SELECT * FROM messages WHERE {where} AND id>? ORDER BY id LIMIT ?",  # noqa: S608
+            (*params, after_id, limit),
         )
         return [_message(r) for r in rows]
 
-    def count_for(self, conversation_id: str, to_side: Side, after_id: int) -> int:
+    def count_for(self, conversation_id: str, side: Box, after_id: int) -> int:
+        where, params = _inbox(conversation_id, side)
         row = self._db.execute(
-            "SELECT COUNT(*) FROM messages WHERE conversation_id=? AND from_side=? AND id>?",
-            (conversation_id, OTHER_SIDE[to_side], after_id),
+            f"SELECT COUNT(*) FROM messages WHERE {where} AND id>?",  # noqa: S608
+            (*params, after_id),
         ).fetchone()
         return int(row[0])
 
-    def unread_count(self, conversation_id: str, side: Side) -> int:
+    def newest_id(self, conversation_id: str, side: Box) -> int:
+        where, params = _inbox(conversation_id, side)
+        row = self._db.execute(f"SELECT COALESCE(MAX(id), 0) FROM messages WHERE {where}", params).fetchone()  # noqa: S608
+        return int(row[0])
+
+    def unread_count(self, conversation_id: str, side: Box) -> int:
         """Messages to `side` after its read cursor, in one statement (every heartbeat asks)."""
+        where, params = _inbox(conversation_id, side)
         row = self._db.execute(
-            "SELECT COUNT(*) FROM messages WHERE conversation_id=? AND from_side=? AND id > COALESCE("
+            f"SELECT COUNT(*) FROM messages WHERE {where} AND id > COALESCE("  # noqa: S608
             "(SELECT acked_through FROM read_cursors WHERE conversation_id=? AND side=?), 0)",
-            (conversation_id, OTHER_SIDE[side], conversation_id, side),
+            (*params, conversation_id, side),
         ).fetchone()
         return int(row[0])
 
-    def read_cursor(self, conversation_id: str, side: Side) -> int:
+    def read_cursor(self, conversation_id: str, side: Box) -> int:
         row = self._db.execute(
             "SELECT acked_through FROM read_cursors WHERE conversation_id=? AND side=?",
             (conversation_id, side),
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def advance_cursor(self, conversation_id: str, side: Side, ack_through: int) -> int:
+    def advance_cursor(self, conversation_id: str, side: Box, ack_through: int) -> int:
         # Never backwards, and never past the newest message this side could have seen.
-        newest = self._db.execute(
-            "SELECT COALESCE(MAX(id), 0) FROM messages WHERE conversation_id=? AND from_side=?",
-            (conversation_id, OTHER_SIDE[side]),
-        ).fetchone()[0]
-        target = min(ack_through, int(newest))
+        target = min(ack_through, self.newest_id(conversation_id, side))
         self._db.execute(
             "INSERT INTO read_cursors(conversation_id, side, acked_through) VALUES (?, ?, ?)"
             " ON CONFLICT(conversation_id, side)"
@@ -350,7 +436,7 @@ class SQLiteStore:
         return self.read_cursor(conversation_id, side)
 
     # presence
-    def heartbeat(self, conversation_id: str, side: Side, now: float, status: str | None) -> None:
+    def heartbeat(self, conversation_id: str, side: Box, now: float, status: str | None) -> None:
         if status is None:
             self._db.execute(
                 "INSERT INTO presence(conversation_id, side, last_heartbeat) VALUES (?, ?, ?)"
@@ -365,7 +451,7 @@ class SQLiteStore:
                 (conversation_id, side, status, now, now),
             )
 
-    def presence(self, conversation_id: str, side: Side) -> Presence:
+    def presence(self, conversation_id: str, side: Box) -> Presence:
         row = self._db.execute(
             "SELECT status, status_at, last_heartbeat FROM presence WHERE conversation_id=? AND side=?",
             (conversation_id, side),
