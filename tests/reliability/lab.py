@@ -5,7 +5,6 @@ reached with `podman exec` (the same way molecule's testinfra backend does), and
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -28,7 +27,6 @@ AGENT = "agent"
 AGENT_HOME = "/home/agent"
 
 T = TypeVar("T")
-TOKEN_RE = re.compile(r"s2[acw]_[A-Za-z0-9_-]{43}")
 
 # Calls the probes tried again because their connection never opened (see probe.NEVER_SENT).
 HARNESS = {"retried_connects": 0}

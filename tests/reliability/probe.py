@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import socket
 import ssl
 import sys
@@ -28,8 +27,8 @@ from typing import Any
 
 from s2_bridge.client import AuthRefused, BridgeClient, BridgeClientError, BridgeUnavailable, ToolCallError
 from s2_bridge.credentials import write_private_json
+from s2_bridge.tokens import TOKEN_RE
 
-TOKEN_RE = re.compile(r"s2[acw]_[A-Za-z0-9_-]{43}")
 WAIT_S = 25
 # A connection that never opened carried no request, so trying again cannot store anything
 # twice. The lab's DNS (aardvark-dns) now and then drops a lookup after a podman network

@@ -11,6 +11,7 @@ from pathlib import Path
 import lab
 import pytest
 from conftest import INVENTORY, ROOT
+from s2_bridge.tokens import TOKEN_RE
 
 OLD_DIR = "/root/s2-reliability/old"
 STOP_FILE = "/root/s2-reliability/stop-rotation-sender"
@@ -89,7 +90,7 @@ def test_10_rotation_keeps_every_worker_working_and_refuses_old_tokens(report, w
     during = lab.finish_calls(sender)
     assert done.returncode == 0, f"rotate-credentials.yml failed: see {log_file}"
     output = log_file.read_text(encoding="utf-8")
-    assert not lab.TOKEN_RE.search(output), "a token in the rotation playbook's output"
+    assert not TOKEN_RE.search(output), "a token in the rotation playbook's output"
 
     # Every worker has a new token, its keepalive heartbeats with it, the old ones are refused.
     for worker in workers:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import lab
 import pytest
+from s2_bridge.tokens import TOKEN_RE
 
 
 @pytest.mark.step(6, "security")
 def test_6f_no_token_in_any_journal_or_process_list_after_the_protocol(report, workers):
-    tokens = set(lab.TOKEN_RE.findall(lab.read_file(lab.ORCHESTRATOR, lab.ADMIN_TOKEN)))
+    tokens = set(TOKEN_RE.findall(lab.read_file(lab.ORCHESTRATOR, lab.ADMIN_TOKEN)))
     for worker in workers:
-        tokens |= set(lab.TOKEN_RE.findall(lab.read_file(lab.ORCHESTRATOR, worker.orchestrator_copy)))
+        tokens |= set(TOKEN_RE.findall(lab.read_file(lab.ORCHESTRATOR, worker.orchestrator_copy)))
     assert len(tokens) == 1 + 2 * len(workers), f"{len(tokens)} distinct live tokens on the orchestrator"
     scanned = 0
     for host in [lab.ORCHESTRATOR, *(w.host for w in workers)]:
@@ -23,7 +24,7 @@ def test_6f_no_token_in_any_journal_or_process_list_after_the_protocol(report, w
         for text in texts:
             leaked = [t[:8] for t in tokens if t in text]
             assert not leaked, f"{host}: tokens starting {leaked} in a journal or process list"
-            assert not lab.TOKEN_RE.search(text), f"{host}: a token-shaped string in a journal or process list"
+            assert not TOKEN_RE.search(text), f"{host}: a token-shaped string in a journal or process list"
     report.figure(
         "6",
         f"after the protocol: none of the {len(tokens)} live tokens, nor any token-shaped string, in the "

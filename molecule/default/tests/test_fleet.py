@@ -25,7 +25,7 @@ WORKER_CA = "/etc/s2-fleet/ca.crt"
 ADMIN_CONFIG = "/etc/s2-bridge/admin.toml"
 WATCHDOG_CONFIG = "/etc/s2-bridge/watchdog.toml"
 AGENT_HOME = "/home/agent"
-TOKEN_RE = re.compile(r"s2[acw]_[A-Za-z0-9_-]{43}")
+from s2_bridge.tokens import TOKEN_RE  # noqa: E402
 
 # Runs inside a container: call one tool with the token of a credentials file (or the admin
 # token file) and print the JSON result (or the error) on stdout.

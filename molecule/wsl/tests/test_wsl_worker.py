@@ -4,7 +4,6 @@ and comes back after being killed. Each test runs once and reaches hosts by name
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import time
 from datetime import datetime
@@ -15,7 +14,7 @@ WORKER = "worker-7-wsl-cli"
 SUPERVISOR = "/opt/s2-bridge/bin/s2-keepalive-supervisor"
 ADMIN_CONFIG = "/etc/s2-bridge/admin.toml"
 S2_BRIDGE = "/opt/s2-bridge/venv/bin/s2-bridge"
-TOKEN_RE = re.compile(r"s2[acw]_[A-Za-z0-9_-]{43}")
+from s2_bridge.tokens import TOKEN_RE  # noqa: E402
 
 
 @pytest.fixture(scope="session")

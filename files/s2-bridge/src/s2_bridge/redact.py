@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from s2_bridge.tokens import PREFIXES
+
 __all__ = ["RULES", "Rule", "redact_list", "redact_text"]
 
 # Groups whose name starts with this hold the secret; the rest of the match is kept as it is.
@@ -99,8 +101,8 @@ RULES: tuple[Rule, ...] = (
         "jwt",
         r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]{8,}+",
     ),
-    # This project's bridge tokens: s2a_ (admin), s2c_ (coordinator), s2w_ (worker) + 43 base64url.
-    _rule("s2_token", r"(?<![A-Za-z0-9_\-])s2[acw]_[A-Za-z0-9_\-]{43,}+"),
+    # This project's bridge tokens (tokens.PREFIXES: admin, lead, coordinator, worker) + 43 base64url.
+    _rule("s2_token", rf"(?<![A-Za-z0-9_\-])(?:{'|'.join(PREFIXES.values())})[A-Za-z0-9_\-]{{43,}}+"),
     # Anthropic API and admin keys: sk-ant-api03-..., sk-ant-admin01-...
     _rule("anthropic_key", r"(?<![A-Za-z0-9])sk-ant-[a-z]{2,10}[0-9]{2}-[A-Za-z0-9_\-]{20,}+"),
     # OpenAI-style keys: sk-<48>, sk-proj-..., sk-svcacct-..., sk-admin-... A real key mixes in
