@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from s2_bridge.tokens import TOKEN_RE
 
 VENV_PYTHON = "/opt/s2-bridge/venv/bin/python"
 S2_BRIDGE = "/opt/s2-bridge/venv/bin/s2-bridge"
@@ -25,7 +26,6 @@ WORKER_CA = "/etc/s2-fleet/ca.crt"
 ADMIN_CONFIG = "/etc/s2-bridge/admin.toml"
 WATCHDOG_CONFIG = "/etc/s2-bridge/watchdog.toml"
 AGENT_HOME = "/home/agent"
-from s2_bridge.tokens import TOKEN_RE  # noqa: E402
 
 # Runs inside a container: call one tool with the token of a credentials file (or the admin
 # token file) and print the JSON result (or the error) on stdout.
@@ -339,7 +339,9 @@ def fleet_tokens(orch, worker_ids) -> set[str]:
     for worker_id in worker_ids.values():
         text = orch.file(f"{ORCH_CREDENTIALS}/s2-worker-{worker_id}-credentials.json").content_string
         found.update(TOKEN_RE.findall(text))
-    assert len(found) == 1 + 2 * len(worker_ids), f"{len(found)} distinct tokens on the orchestrator"
+    found.update(TOKEN_RE.findall(orch.file(f"{AGENT_HOME}/.s2/s2-lead-credentials.json").content_string))
+    # the admin's, the lead's, and each worker's pair
+    assert len(found) == 2 + 2 * len(worker_ids), f"{len(found)} distinct tokens on the orchestrator"
     return found
 
 

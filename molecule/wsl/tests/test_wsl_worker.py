@@ -9,12 +9,13 @@ import time
 from datetime import datetime
 
 import pytest
+from agents import agent_calls
+from s2_bridge.tokens import TOKEN_RE
 
 WORKER = "worker-7-wsl-cli"
 SUPERVISOR = "/opt/s2-bridge/bin/s2-keepalive-supervisor"
 ADMIN_CONFIG = "/etc/s2-bridge/admin.toml"
 S2_BRIDGE = "/opt/s2-bridge/venv/bin/s2-bridge"
-from s2_bridge.tokens import TOKEN_RE  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -116,3 +117,20 @@ def test_the_limited_run_rebuilt_the_credentials(worker, worker_id):
     assert creds.mode == 0o600
     assert creds.user == "agent"
     assert json.loads(creds.content_string)["coordinator_token"] == ""
+
+
+def test_a_star_fleet_refuses_a_direct_message_naming_the_rule(worker, inventory):
+    """This scenario's bridge runs with messaging = "star" (converge.yml)."""
+    kind = str(inventory["hostvars"][WORKER]["s2_agent_kind"])
+    refused, to_lead = agent_calls(
+        worker,
+        kind,
+        [
+            ("send_to_partner", {"to": "1", "message": "a direct message"}),
+            ("send_to_partner", {"message": "to the lead is fine"}),
+        ],
+    )
+    error = refused["error"]
+    assert error["code"] == "forbidden" and error["field"] == "to", error
+    assert "star" in error["message"] and "mesh" in error["fix"]
+    assert to_lead["recipients"] == ["lead"]
