@@ -25,6 +25,8 @@ WATCHDOG_CONFIG = "/etc/s2-bridge/watchdog.toml"
 BRIDGE_DB = "/var/lib/s2-bridge/bridge.db"
 AGENT = "agent"
 AGENT_HOME = "/home/agent"
+# the orchestrator agent's lead credentials (docs/CONTRACTS.md)
+LEAD_CREDENTIALS = f"{AGENT_HOME}/.s2/s2-lead-credentials.json"
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""Step 10: rotate every worker's credentials on the running fleet."""
+"""Step 10: rotate every worker's credentials, and the lead's, on the running fleet."""
 
 from __future__ import annotations
 
@@ -26,8 +26,13 @@ def token_of(host: str, path: str, side: str) -> str:
 def test_10_rotation_keeps_every_worker_working_and_refuses_old_tokens(report, workers, run_tag, ledger):
     tag = f"{run_tag} rotation"
     old_worker_tokens = {w.worker_id: token_of(w.host, w.credentials, "worker") for w in workers}
+    old_lead_token = token_of(lab.ORCHESTRATOR, lab.LEAD_CREDENTIALS, "lead")
     lab.check_in(
-        lab.ORCHESTRATOR, "sh", "-c", f"install -d -m 0700 {OLD_DIR} && cp -p {lab.ORCH_CREDENTIALS}/*.json {OLD_DIR}/"
+        lab.ORCHESTRATOR,
+        "sh",
+        "-c",
+        f"install -d -m 0700 {OLD_DIR} && cp -p {lab.ORCH_CREDENTIALS}/*.json {OLD_DIR}/"
+        f" && cp -p {lab.LEAD_CREDENTIALS} {OLD_DIR}/lead.json",
     )
     for worker in workers:  # the worker's old file, kept by the worker's own user
         lab.write_file(
@@ -95,6 +100,7 @@ def test_10_rotation_keeps_every_worker_working_and_refuses_old_tokens(report, w
     # Every worker has a new token, its keepalive heartbeats with it, the old ones are refused.
     for worker in workers:
         assert token_of(worker.host, worker.credentials, "worker") != old_worker_tokens[worker.worker_id]
+    assert token_of(lab.ORCHESTRATOR, lab.LEAD_CREDENTIALS, "lead") != old_lead_token, "the lead was not rotated"
 
     def beating_since_the_rotation() -> bool:
         return all(
@@ -115,12 +121,14 @@ def test_10_rotation_keeps_every_worker_working_and_refuses_old_tokens(report, w
         lab.ORCHESTRATOR,
         lab.orchestrator_plan(
             [{"token_file": p, "side": "coordinator", "tool": "heartbeat_route"} for p in old_copies]
+            + [{"token_file": f"{OLD_DIR}/lead.json", "side": "lead", "tool": "heartbeat_route"}]
         ),
     )
     refused += sum(r.get("kind") == "auth_refused" for r in coordinator_old)
     lab.check_in(lab.ORCHESTRATOR, "rm", "-rf", OLD_DIR, STOP_FILE)
     ledger.refused_calls += refused
-    assert refused == 2 * len(workers), f"{refused} of {2 * len(workers)} old tokens refused"
+    expected_refusals = 2 * len(workers) + 1  # each worker's pair and the lead's
+    assert refused == expected_refusals, f"{refused} of {expected_refusals} old tokens refused"
 
     # No message is lost: what was sent before and during the rotation reads with the new tokens.
     delivered_ok = [r for r in during if r["ok"]]
@@ -143,7 +151,8 @@ def test_10_rotation_keeps_every_worker_working_and_refuses_old_tokens(report, w
     report.figure(
         "10",
         f"rotate-credentials.yml on the running fleet: {took:.0f} s; {len(workers)} new worker tokens, every "
-        f"keepalive heartbeating with its new one; {refused} of {2 * len(workers)} old tokens refused; "
+        f"keepalive heartbeating with its new one, and a new lead token; {refused} of {expected_refusals} old "
+        "tokens (the lead's too) refused; "
         f"{len(pre) + len(workers)} messages from before and {len(delivered_ok)} sent during it all read, "
         f"lost 0 ({retried} sends retried after a refusal)",
     )
