@@ -3,7 +3,7 @@
 # registries (PyPI, Debian, npm):
 #   1. `ansible-test sanity` on collections/ansible_collections/s2/fleet, in ansible-test's own
 #      per-test venvs (--venv) for this Python only;
-#   2. `ansible-doc` renders both modules (text and JSON);
+#   2. `ansible-doc` renders every module (text and JSON);
 #   3. `antsibull-changelog lint` on the changelog fragments.
 #
 # ansible-test bootstraps pip in each venv with a get-pip.py it downloads from
@@ -89,8 +89,8 @@ if ! (cd "$COLLECTION" && "$BIN/ansible-test" sanity --venv --python "$PY_VERSIO
     status=1
 fi
 
-# --- 3. ansible-doc renders both modules -----------------------------------------------------------
-for module in s2.fleet.bridge_conversation s2.fleet.fleet_status_info; do
+# --- 3. ansible-doc renders every module -----------------------------------------------------------
+for module in s2.fleet.bridge_conversation s2.fleet.bridge_lead s2.fleet.fleet_status_info; do
     echo "== ansible-doc $module"
     out="$(cd "$ROOT" && "$BIN/ansible-doc" "$module" 2>&1)" || { echo "$out"; status=1; continue; }
     for section in OPTIONS ATTRIBUTES EXAMPLES "RETURN VALUES"; do

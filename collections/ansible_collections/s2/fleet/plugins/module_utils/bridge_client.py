@@ -42,8 +42,8 @@ else:
 DEFAULT_ADMIN_TOKEN_FILE = "/var/lib/s2-bridge/admin.token"
 DEFAULT_RUNTIME_PYTHON = "/opt/s2-bridge/venv/bin/python"
 
-# Every token the bridge issues: s2a_ (admin), s2c_ (coordinator), s2w_ (worker) + base64url.
-TOKEN_PATTERN = re.compile(r"s2[acw]_[A-Za-z0-9_-]{20,}")
+# Every token the bridge issues: s2a_ (admin), s2l_ (lead), s2c_ (coordinator), s2w_ (worker) + base64url.
+TOKEN_PATTERN = re.compile(r"s2[acwl]_[A-Za-z0-9_-]{20,}")
 
 # Options every module that talks to the bridge shares (merged into each argument_spec).
 BRIDGE_ARGUMENT_SPEC = {

@@ -194,13 +194,8 @@ revoked_conversation_ids:
 """
 
 import datetime
-import grp
-import json
 import os
-import pwd
 import re
-import stat
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import (
@@ -210,6 +205,19 @@ from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import (
     ensure_mcp,
     fail_with_bridge_error,
     redact,
+)
+from ansible_collections.s2.fleet.plugins.module_utils.credentials_file import (
+    EPOCH,
+    CredentialsError,
+    directory_needs_fix,
+    ensure_directory,
+    file_needs_fix,
+    iso,
+    parse_time,
+    read_json_object,
+    resolve_ids,
+    utcnow,
+    write_json_atomic,
 )
 
 WORKER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -227,128 +235,23 @@ CREDENTIAL_FIELDS = (
     "ca_file",
 )
 TOKEN_FIELDS = ("coordinator_token", "worker_token")
-FILE_MODE = 0o600
-DIR_MODE = 0o700
-UTC = datetime.timezone.utc
-EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 
-
-class ConversationError(Exception):
-    """A failure the module reports as is; changed tells whether the bridge or a file was modified first."""
-
-    def __init__(self, msg, changed=False):
-        super(ConversationError, self).__init__(msg)
-        self.changed = changed
+# A failure the module reports as is (the shared class, under the name this module always used).
+ConversationError = CredentialsError
 
 
 def credentials_path(credentials_dir, worker_id):
     return os.path.join(credentials_dir, "s2-worker-%s-credentials.json" % worker_id)
 
 
-def utcnow():
-    return datetime.datetime.now(UTC)
-
-
-def parse_time(value):
-    """Aware datetime from ISO 8601 text (Z or an offset; naive means UTC), or None."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
-
-
-def iso(moment):
-    return moment.astimezone(UTC).isoformat(timespec="seconds")
-
-
-def resolve_ids(owner, group):
-    """(uid, gid) for chown; -1 leaves that id alone."""
-    uid = gid = -1
-    if owner:
-        try:
-            uid = int(owner) if owner.isdigit() else pwd.getpwnam(owner).pw_uid
-        except KeyError:
-            raise ConversationError("owner %s: no such user on this host" % owner) from None
-    if group:
-        try:
-            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise ConversationError("group %s: no such group on this host" % group) from None
-    return uid, gid
-
-
 def read_credentials(path):
     """The parsed credentials file when it is a usable orchestrator copy (both tokens), else None."""
-    if not os.path.isfile(path) or os.path.islink(path):
-        return None
-    try:
-        with open(path, "r") as f:
-            data = json.load(f)
-    except (IOError, OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("conversation_id"), str):
+    data = read_json_object(path)
+    if data is None or not isinstance(data.get("conversation_id"), str):
         return None
     if not all(isinstance(data.get(name), str) and data.get(name) for name in TOKEN_FIELDS):
         return None
     return data
-
-
-def _owned_as_wanted(st, uid, gid):
-    return (uid == -1 or st.st_uid == uid) and (gid == -1 or st.st_gid == gid)
-
-
-def file_needs_fix(path, uid, gid):
-    """True when path is not a regular 0600 file with the wanted owner and group."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return True
-    return not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != FILE_MODE or not _owned_as_wanted(st, uid, gid)
-
-
-def directory_needs_fix(path, uid, gid):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return True
-    return (st.st_mode & 0o7777) != DIR_MODE or not _owned_as_wanted(st, uid, gid)
-
-
-def ensure_directory(path, uid, gid):
-    if not os.path.isdir(path):
-        os.makedirs(path, DIR_MODE, exist_ok=True)  # several workers' runs may race to create it
-    st = os.stat(path)
-    if (st.st_mode & 0o7777) != DIR_MODE:
-        os.chmod(path, DIR_MODE)
-    if not _owned_as_wanted(st, uid, gid):
-        os.chown(path, uid, gid)
-
-
-def write_credentials(path, content, uid, gid):
-    """Write content as JSON to path atomically: a 0600 temporary file in the same directory, then rename."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        if uid != -1 or gid != -1:
-            os.fchown(fd, uid, gid)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(content, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def describe(conv=None, data=None, path=None):
@@ -554,7 +457,7 @@ def converge(params, call, check_mode=False, on_secret=None, now=None):
                 mutated.append("%s %s" % (tool, issued.get("conversation_id")))
                 content = _new_credentials(issued, params, tool)
                 ensure_directory(params["credentials_dir"], uid, gid)
-                write_credentials(path, content, uid, gid)
+                write_json_atomic(path, content, uid, gid)
                 mutated.append("writing %s" % path)
                 coordinator_role = (target or {}).get("coordinator_role") or params["my_role"]
                 after = describe(
@@ -563,7 +466,7 @@ def converge(params, call, check_mode=False, on_secret=None, now=None):
         elif action in ("updated", "unchanged"):
             if action == "updated" and not check_mode:
                 ensure_directory(params["credentials_dir"], uid, gid)
-                write_credentials(path, desired_from_file(data, params), uid, gid)
+                write_json_atomic(path, desired_from_file(data, params), uid, gid)
                 mutated.append("writing %s" % path)
             after = describe(target, desired_from_file(data, params), path)
 

@@ -172,6 +172,14 @@ def bridge(tmp_path_factory: pytest.TempPathFactory):
     stop_bridge(b)
 
 
+@pytest.fixture(scope="module")
+def module_bridge(tmp_path_factory: pytest.TempPathFactory):
+    """A plain-HTTP bridge for one test module (the lead token is one per bridge: its tests share this one)."""
+    b = start_bridge(tmp_path_factory.mktemp("module-bridge"))
+    yield b
+    stop_bridge(b)
+
+
 @pytest.fixture
 def fresh_bridge(tmp_path: Path):
     """A bridge of its own, for tests that look at the whole fleet."""
