@@ -6,7 +6,7 @@
 #   bash scripts/test.sh unit lint  # only some stages: setup unit lint ansible sanity molecule
 #
 # Stages:
-#   setup     .venv with requirements-dev.txt and the runtime (editable)
+#   setup     .venv with requirements-dev.txt and the runtime (editable); the Codex CLI from npm
 #   unit      ruff, then pytest on the runtime (real bridge on loopback, real TLS, real SQLite)
 #   ansible   syntax-check of site.yml, ansible-lint (production profile), module tests
 #   sanity    ansible-test sanity on the collection, offline
@@ -23,10 +23,17 @@ stages=("$@")
 say() { printf '\n=== %s ===\n' "$*"; }
 want() { local s; for s in "${stages[@]}"; do [[ $s == "$1" ]] && return 0; done; return 1; }
 
+# The Codex CLI the runtime's codex-trust-hooks command is tested against (npm registry).
+codex_version=0.171.0
+
 setup() {
   say "setup: virtual environment"
   [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -r requirements-dev.txt -e files/s2-bridge
+  say "setup: Codex CLI $codex_version (npm)"
+  if [[ $(codex --version 2>/dev/null) != *"$codex_version"* ]]; then
+    npm install -g --no-fund --no-audit --loglevel=error "@openai/codex@$codex_version"
+  fi
 }
 
 unit() {

@@ -1,4 +1,4 @@
-"""`s2-bridge check-messages`: show a worker's unread messages.
+"""`s2-bridge check-messages`: show the unread messages of a worker, a coordinator or the lead.
 
 Peeks by default: the messages stay unread for the agent, which acknowledges them itself
 (ack_through) once it has handled them. `--consume` marks exactly the shown messages read.
@@ -20,11 +20,18 @@ PREVIEW_CHARS = 200
 
 
 def message_line(message: dict[str, Any]) -> str:
-    """One line per message: id, sender's role, action type, the first 200 characters."""
+    """One line per message: id, sender's role (and worker id when a worker sent it, which
+    is how the lead tells its workers apart), action type, the first 200 characters."""
     text = " ".join(str(message.get("message", "")).split())  # newlines would break one-line output
     if len(text) > PREVIEW_CHARS:
         text = text[:PREVIEW_CHARS] + "..."
-    return f"#{message['id']} from {message.get('from_role', '?')} [{message.get('action_type', '?')}] {text}"
+    sender = str(message.get("from_role", "?"))
+    if message.get("from_worker") is not None:
+        sender += f" (worker {message['from_worker']})"
+        if message.get("to_worker") is not None:
+            sender += f" to worker {message['to_worker']}"
+    reply = f" (reply to #{message['reply_to']})" if message.get("reply_to") is not None else ""
+    return f"#{message['id']} from {sender} [{message.get('action_type', '?')}]{reply} {text}"
 
 
 async def check(credentials: Credentials, *, consume: bool) -> dict[str, Any]:

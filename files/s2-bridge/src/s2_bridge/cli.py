@@ -23,11 +23,14 @@ COMMANDS = {
     "check-messages": "s2_bridge.check_messages",
     "status": "s2_bridge.status",
     "mcp-proxy": "s2_bridge.proxy",
+    "hook": "s2_bridge.hook",
+    "codex-trust-hooks": "s2_bridge.codex_trust",
     "admin": "s2_bridge.admin",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; `command` (the subcommand about to run) lets a heavy one add its options lazily."""
     parser = argparse.ArgumentParser(prog="s2-bridge", description="S2 fleet MCP bridge runtime")
     parser.add_argument("--version", action="version", version=f"s2-bridge {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -60,6 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
     proxy = sub.add_parser("mcp-proxy", help="stdio MCP server that forwards to the bridge")
     proxy.add_argument("--credentials", required=True)
 
+    hook = sub.add_parser("hook", help="agent hook: new bridge messages and open tasks into the agent's context")
+    hook.add_argument("--credentials", required=True)
+    hook.add_argument("--client", default="claude-code", choices=["claude-code", "codex"], help="the agent's client")
+    hook.add_argument(
+        "--timeout-s", type=_hook_timeout, default=1.5, help="one deadline for the whole run, 0.2-10 s (default 1.5)"
+    )
+
+    trust = sub.add_parser("codex-trust-hooks", help="trust the s2-bridge hooks in Codex (through codex app-server)")
+    if command == "codex-trust-hooks":  # its options live in its module; nothing else pays for the import
+        importlib.import_module(COMMANDS[command]).add_arguments(trust)
+
+    _add_admin(sub)
+    return parser
+
+
+def _add_admin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     admin = sub.add_parser("admin", help="create, rotate, revoke and list conversations")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
     create = admin_sub.add_parser("create-conversation")
@@ -82,11 +101,35 @@ def build_parser() -> argparse.ArgumentParser:
     listing = admin_sub.add_parser("list-conversations")
     listing.add_argument("--config", required=True)
     listing.add_argument("--json", action="store_true")
-    return parser
+
+
+def _hook_timeout(text: str) -> float:
+    from s2_bridge.hook import timeout_arg  # noqa: PLC0415 - only `hook` pays for this import
+
+    return timeout_arg(text)
+
+
+def _subcommand(argv: Sequence[str]) -> str | None:
+    """The subcommand: the first word that is not an option or its value."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        words = sys.argv[1:] if argv is None else argv
+        args = build_parser(_subcommand(words)).parse_args(argv)
+    except SystemExit as exc:
+        # Claude Code reads exit 2 from a hook as "block the prompt" (or "do not stop"): a
+        # mistyped hook command must cost the agent nothing, so it exits 1 instead.
+        if exc.code == exitcodes.USAGE and _subcommand(words) == "hook":
+            return exitcodes.UNEXPECTED
+        raise
     logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     # httpx2 logs every request URL at INFO; keep the journal to our own lines.
     for noisy in ("httpx2", "httpcore2", "mcp", "uvicorn.access"):

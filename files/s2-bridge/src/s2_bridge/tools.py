@@ -4,6 +4,7 @@ authentication middleware (scope state), never from a tool argument."""
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -156,7 +157,7 @@ def build_mcp(service: BridgeService) -> MCPServer:
     )
 
     def tool(fn: Callable[..., Awaitable[Any]]) -> None:
-        mcp.add_tool(structured_errors(fn), name=fn.__name__, description=(fn.__doc__ or "").strip())
+        mcp.add_tool(structured_errors(fn), name=fn.__name__, description=inspect.cleandoc(fn.__doc__ or ""))
 
     async def create_conversation(
         my_role: Annotated[str, Field(description="the coordinator's role, 3-100 characters")],
