@@ -325,3 +325,23 @@ def write_lead_credentials(bridge: Bridge, lead: dict[str, Any], path: Path) -> 
     with os.fdopen(fd, "w") as handle:
         json.dump(body, handle)
     return path
+
+
+def worker_file(path: Path, url: str, ca_file: str | None = None) -> Path:
+    """A well-formed worker credentials file (fixed ids, a made-up token) for a server that may
+    not be the bridge, or not be there at all."""
+    document = {
+        "conversation_id": "conv_0123456789abcdef",
+        "worker_id": "3",
+        "worker_role": "worker-3-tests",
+        "coordinator_token": "",
+        "worker_token": "s2w_" + "A" * 43,
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "expires_at": "2099-01-01T00:00:00+00:00",
+        "bridge_url": url,
+        "ca_file": ca_file or "",
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(document, handle)
+    return path

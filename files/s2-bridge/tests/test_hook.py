@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PKI, Bridge, call, connect, create_conversation, free_port
+from conftest import PKI, Bridge, call, connect, create_conversation, free_port, worker_file
 from fixtures_client import admin_call, as_coordinator, cli_env, write_worker_credentials
 from s2_bridge import hook
 from s2_bridge.credentials import credentials_document, write_private_json
@@ -82,23 +82,6 @@ def quiet_failure(run: Run, *words: str) -> None:
     assert run.stderr.startswith("s2-bridge hook: ") and run.stderr.count("\n") == 1, run.stderr
     for word in words:
         assert word in run.stderr, run.stderr
-
-
-def worker_file(path: Path, url: str, ca_file: str | None = None) -> Path:
-    """A well-formed worker credentials file for a server that is not the bridge."""
-    document = {
-        "conversation_id": "conv_0123456789abcdef",
-        "worker_id": "3",
-        "worker_role": "worker-3-tests",
-        "coordinator_token": "",
-        "worker_token": "s2w_" + "A" * 43,
-        "created_at": "2026-01-01T00:00:00+00:00",
-        "expires_at": "2099-01-01T00:00:00+00:00",
-        "bridge_url": url,
-        "ca_file": ca_file or "",
-    }
-    write_private_json(str(path), document)
-    return path
 
 
 async def new_worker(bridge: Bridge, folder: Path, worker_id: str) -> tuple[dict[str, Any], Path]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import Bridge, call, connect, create_conversation, free_port, result_of
+from conftest import Bridge, call, connect, create_conversation, free_port, result_of, worker_file
 from fixtures_client import admin_call, as_coordinator, cli_env, write_worker_credentials
 from mcp import Client, StdioServerParameters
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
@@ -124,23 +124,6 @@ def raw_proxy(credentials: Path, *extra: str) -> Iterator[RawProxy]:
         if raw.process.poll() is None:
             raw.process.kill()
             raw.process.wait()
-
-
-def worker_file(path: Path, url: str, ca_file: str | None = None) -> Path:
-    """A well-formed worker credentials file for a bridge that may not exist."""
-    document = {
-        "conversation_id": "conv_0123456789abcdef",
-        "worker_id": "3",
-        "worker_role": "worker-3-tests",
-        "coordinator_token": "",
-        "worker_token": "s2w_" + "A" * 43,
-        "created_at": "2026-01-01T00:00:00+00:00",
-        "expires_at": "2099-01-01T00:00:00+00:00",
-        "bridge_url": url,
-        "ca_file": ca_file or "",
-    }
-    write_private_json(str(path), document)
-    return path
 
 
 async def lead_file(bridge: Bridge, path: Path) -> Path:
