@@ -176,7 +176,8 @@ ADMIN_CASES = [
     admin_case("https ca_file not PEM", "ca_file", "cannot be loaded as a PEM CA certificate",
                lambda d: admin_toml(d, f'ca_file = "{garbage_ca(d)}"\n', "https://x/mcp")),
     admin_case("admin token file absent", None, "file not found",
-               lambda d: f'bridge_url = "http://x/mcp"\nadmin_token_file = "{d}/gone.token"\n', names="gone.token"),
+               lambda d: f'bridge_url = "http://127.0.0.1:9/mcp"\nadmin_token_file = "{d}/gone.token"\n',
+               names="gone.token"),
     admin_case("admin token file mode 0644", None, "chmod 600", open_token_config, names="admin.token"),
 ]  # fmt: skip
 

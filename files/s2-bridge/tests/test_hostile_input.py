@@ -38,7 +38,12 @@ TOOLS = {
     "record_alert": ["worker_id", "kind", "detail"],
 }
 
+# Drawn explicitly, not left to chance: the values that crashed the store (issue 14, item 10).
+EDGE_INTEGERS = [2**63, 2**63 - 1, -(2**63), -(2**63) - 1, 2**64, 2**70]
+LONE_SURROGATES = ["\ud800", "\udfff", "a\udc00b", "\ud83d", "ok \ud800\ud800 ok"]
+
 hostile_text = st.one_of(
+    st.sampled_from(LONE_SURROGATES),
     st.text(max_size=200),
     st.text(alphabet=st.characters(codec="utf-8", categories=["Cc", "Cs", "Zl", "Zp", "So"]), max_size=50),
     st.sampled_from(["", " ", "\x00", "'; DROP TABLE messages; --", "../../etc/passwd", "%s%n", "\u202e", "𝕊²"]),
@@ -47,6 +52,7 @@ hostile_text = st.one_of(
 scalars = st.one_of(
     st.none(),
     st.booleans(),
+    st.sampled_from(EDGE_INTEGERS),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=False, allow_infinity=False),
     hostile_text,
@@ -146,6 +152,35 @@ def test_every_tool_survives_hostile_arguments(fuzz_bridge: tuple[Bridge, dict[s
         assert isinstance(result["structuredContent"], dict)
     assert bridge.process is not None
     assert bridge.process.poll() is None, "the server died"
+    # An answered error is not a crash: no traceback reaches the log.
+    assert "Traceback" not in bridge.log_text(), bridge.log_text()[-3000:]
+
+
+@pytest.mark.parametrize("value", EDGE_INTEGERS[:1] + EDGE_INTEGERS[3:])
+@pytest.mark.parametrize(("name", "field"), [("wait_for_messages", "after_id"), ("check_messages", "ack_through")])
+def test_integers_beyond_64_bits_name_the_field(
+    fuzz_bridge: tuple[Bridge, dict[str, str]], name: str, field: str, value: int
+) -> None:
+    bridge, tokens_by_kind = fuzz_bridge
+    with httpx2.Client(timeout=30) as client:
+        response = post_tool(
+            client,
+            bridge.url,
+            tokens_by_kind["worker"],
+            name,
+            {field: value, "timeout_s": 0} if name == "wait_for_messages" else {field: value},
+        )
+    error = json.loads(response.json()["result"]["content"][0]["text"])["error"]
+    assert (error["code"], error["field"]) == ("invalid_argument", field), error
+
+
+@pytest.mark.parametrize("text", LONE_SURROGATES)
+def test_lone_surrogates_name_the_field(fuzz_bridge: tuple[Bridge, dict[str, str]], text: str) -> None:
+    bridge, tokens_by_kind = fuzz_bridge
+    with httpx2.Client(timeout=30) as client:
+        response = post_tool(client, bridge.url, tokens_by_kind["worker"], "send_to_partner", {"message": text})
+    error = json.loads(response.json()["result"]["content"][0]["text"])["error"]
+    assert (error["code"], error["field"]) == ("invalid_argument", "message"), error
 
 
 def test_database_is_consistent_after_the_fuzzing(fuzz_bridge: tuple[Bridge, dict[str, str]]) -> None:

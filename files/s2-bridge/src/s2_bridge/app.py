@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from s2_bridge.caller import Caller
 from s2_bridge.errors import BridgeError
+from s2_bridge.logsafe import log_text
 from s2_bridge.models import AgentStatus
 from s2_bridge.ratelimit import CallerLimiter, FailureLimiter
 from s2_bridge.service import BridgeService
@@ -112,7 +113,7 @@ class BridgeApp:
             await _send_json(send, 200, {"ok": True})
             return
         if path.rstrip("/") != "/mcp" and not path.startswith("/v1/"):
-            await _send_json(send, 404, {"error": {"code": "not_found", "message": f"no route {path}"}})
+            await _send_json(send, 404, {"error": {"code": "not_found", "message": f"no route {log_text(path)}"}})
             return
         caller = await self._authenticate(scope, send)
         if caller is None:
@@ -139,7 +140,11 @@ class BridgeApp:
             await self._updates(caller, scope, send)
             return
         if path.startswith("/v1/"):
-            await _send_json(send, 404, {"error": {"code": "not_found", "message": f"no route {path}"}})
+            await _send_json(send, 404, {"error": {"code": "not_found", "message": f"no route {log_text(path)}"}})
+            return
+        if path != "/mcp":
+            # Starlette's own slash redirect builds an absolute Location from the Host header.
+            await _redirect_to_mcp(scope, send)
             return
         scope.setdefault("state", {})[CALLER_KEY] = caller
         await self.mcp_app(scope, receive, send)
@@ -153,7 +158,7 @@ class BridgeApp:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _authenticate(self, scope: Scope, send: Send) -> Caller | None:
-        remote = (scope.get("client") or ("unknown", 0))[0]
+        remote = log_text((scope.get("client") or ("unknown", 0))[0], 64)
         token = _bearer(scope)
         outcome = "missing bearer token" if token is None else self.service.authenticate(token, remote)
         if isinstance(outcome, Caller):
@@ -162,11 +167,12 @@ class BridgeApp:
         limit = self.failures.per_minute
         # Audit each failure up to the limit, then one flood record per window: a flood must not
         # grow the audit table without bound.
+        path = log_text(scope["path"])  # caller-supplied: escaped and capped in logs and audit
         if count <= limit:
-            self.service.audit_auth_failure(remote, outcome, scope["path"])
-            log.warning("refused %s from %s: %s", scope["path"], remote, outcome)
+            self.service.audit_auth_failure(remote, outcome, path)
+            log.warning("refused %s from %s: %s", path, remote, log_text(outcome))
         elif count == limit + 1:
-            self.service.audit_auth_flood(remote, scope["path"])
+            self.service.audit_auth_flood(remote, path)
             log.warning("auth failures from %s over %d/min: answering 429", remote, limit)
         if self.failures.blocked(remote) and count > limit:
             await _send_json(
@@ -236,6 +242,20 @@ class BridgeApp:
             await _send_json(send, 403 if exc.code == "forbidden" else 400, exc.to_dict())
             return
         await _send_json(send, 200, updates.model_dump(mode="json"))
+
+
+async def _redirect_to_mcp(scope: Scope, send: Send) -> None:
+    """307 from /mcp/ (and /mcp//...) to the canonical /mcp, with a relative Location."""
+    query = scope.get("query_string", b"")
+    location = b"/mcp" + (b"?" + query if query else b"")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 307,
+            "headers": [(b"location", location), (b"content-length", b"0")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
 
 
 def _int_param(query: dict[str, list[str]], name: str, default: int | None) -> int | None:

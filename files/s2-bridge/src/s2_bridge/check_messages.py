@@ -15,6 +15,7 @@ from s2_bridge import exitcodes
 from s2_bridge.client import BridgeClient
 from s2_bridge.credentials import Credentials, load_credentials
 from s2_bridge.oneshot import run_command
+from s2_bridge.table import escape_controls
 
 PREVIEW_CHARS = 200
 
@@ -31,7 +32,8 @@ def message_line(message: dict[str, Any]) -> str:
         if message.get("to_worker") is not None:
             sender += f" to worker {message['to_worker']}"
     reply = f" (reply to #{message['reply_to']})" if message.get("reply_to") is not None else ""
-    return f"#{message['id']} from {sender} [{message.get('action_type', '?')}]{reply} {text}"
+    line = f"#{message['id']} from {sender} [{message.get('action_type', '?')}]{reply} {text}"
+    return escape_controls(line)
 
 
 async def check(credentials: Credentials, *, consume: bool) -> dict[str, Any]:

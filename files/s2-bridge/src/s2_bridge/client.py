@@ -32,6 +32,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from s2_bridge.config import AdminConfig
 from s2_bridge.credentials import Credentials, read_token_file
 from s2_bridge.errors import ConfigError
+from s2_bridge.loopback import PLAIN_HTTP_FIX, plain_http_refusal
 
 CALL_TIMEOUT_S = 30.0
 HEARTBEAT_TIMEOUT_S = 10.0
@@ -192,6 +193,9 @@ class BridgeClient:
         call_timeout_s: float = CALL_TIMEOUT_S,
         heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
     ) -> None:
+        refusal = plain_http_refusal(bridge_url)
+        if refusal:
+            raise ConfigError(source or bridge_url, "bridge_url", refusal, PLAIN_HTTP_FIX)
         self.bridge_url = bridge_url
         self._token = token
         # Loaded now, so a broken CA file fails the command at start (exit 78), not mid-run.

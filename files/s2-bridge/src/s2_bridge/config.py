@@ -7,6 +7,7 @@ never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from s2_bridge.errors import ConfigError
+from s2_bridge.loopback import PLAIN_HTTP_FIX, plain_http_refusal
 
 T = TypeVar("T")
 
@@ -22,6 +24,12 @@ T = TypeVar("T")
 class ServerSection:
     host: str = "127.0.0.1"
     port: int = 8443
+    max_connections: int = 4096  # open connections; at the cap the oldest idle/incomplete one is dropped
+    header_timeout_s: float = 10.0  # a complete request head must arrive within this
+    keepalive_timeout_s: float = 75.0  # idle keep-alive (daemons keep one connection between heartbeats)
+    tls_handshake_timeout_s: float = 10.0  # a TLS handshake must finish within this
+    # addresses whose X-Forwarded-For / X-Forwarded-Proto are believed; empty = none (the default)
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class LimitsSection:
     calls_per_s: float = 20.0
     calls_burst: int = 60
     auth_failures_per_min: int = 30
+    parked_waits_per_caller: int = 4  # wait_for_messages parked at once per token
 
 
 @dataclass(frozen=True)
@@ -127,7 +136,9 @@ def _check_type(path: str, key: str, value: Any, expected: Any) -> Any:
         return value
     if expected in ("str | None",) and isinstance(value, str):
         return value
-    name = getattr(expected, "__name__", str(expected))
+    if expected in ("tuple[str, ...]",) and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    name = "list of strings" if expected == "tuple[str, ...]" else getattr(expected, "__name__", str(expected))
     raise ConfigError(path, key, f"must be {name}, got {type(value).__name__} {value!r}", f"set {key} to a {name}")
 
 
@@ -191,6 +202,15 @@ def _validate_bridge(config: BridgeConfig) -> None:
         )
     if config.storage.backend != "sqlite":
         raise ConfigError(path, "storage.backend", f"{config.storage.backend!r} is not supported", 'use "sqlite"')
+    for key in ("max_connections", "header_timeout_s", "keepalive_timeout_s", "tls_handshake_timeout_s"):
+        _positive(path, f"server.{key}", getattr(config.server, key))
+    for proxy in config.server.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                path, "server.trusted_proxies", f"{proxy!r} is not an IP address or network", 'use e.g. ["10.0.0.5"]'
+            ) from None
     _positive(path, "conversations.default_ttl_s", config.conversations.default_ttl_s)
     _positive(path, "health.silent_after_s", config.health.silent_after_s)
     for key in (
@@ -202,6 +222,13 @@ def _validate_bridge(config: BridgeConfig) -> None:
     ):
         _positive(path, f"limits.{key}", getattr(config.limits, key))
     _positive(path, "limits.auth_failures_per_min", config.limits.auth_failures_per_min)
+    if not 1 <= config.limits.parked_waits_per_caller <= 1000:
+        raise ConfigError(
+            path,
+            "limits.parked_waits_per_caller",
+            f"{config.limits.parked_waits_per_caller} is out of range",
+            "use 1 to 1000",
+        )
 
 
 def load_admin_config(path: str) -> AdminConfig:
@@ -218,6 +245,9 @@ def load_admin_config(path: str) -> AdminConfig:
     url = data["bridge_url"]
     if not url.startswith(("https://", "http://")):
         raise ConfigError(path, "bridge_url", f"{url!r} is not an http(s) URL", "use https://HOST:PORT/mcp")
+    refusal = plain_http_refusal(url)
+    if refusal:
+        raise ConfigError(path, "bridge_url", refusal, PLAIN_HTTP_FIX)
     if url.startswith("https://"):
         if not data.get("ca_file"):
             raise ConfigError(path, "ca_file", "is missing for an https URL", "set ca_file to the fleet CA")

@@ -19,6 +19,7 @@ from typing import Any
 
 from s2_bridge import tokens
 from s2_bridge.errors import ConfigError
+from s2_bridge.loopback import PLAIN_HTTP_FIX, plain_http_refusal
 
 # A worker's file (the runbook's seven fields plus two); the orchestrator's copy holds both tokens.
 FIELDS = (
@@ -187,6 +188,9 @@ def _check_times(path: str, values: dict[str, str]) -> tuple[datetime, datetime]
 def _check_bridge(path: str, url: str, ca_file: str) -> None:
     if not url.startswith(("https://", "http://")):
         raise ConfigError(path, "bridge_url", f"{url!r} is not an http(s) URL", "use https://HOST:PORT/mcp")
+    refusal = plain_http_refusal(url)
+    if refusal:
+        raise ConfigError(path, "bridge_url", refusal, PLAIN_HTTP_FIX)
     if url.startswith("https://"):
         if not ca_file:
             raise ConfigError(path, "ca_file", "is missing for an https bridge_url", "set it to the fleet CA file")

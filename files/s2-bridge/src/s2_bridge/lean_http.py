@@ -19,6 +19,7 @@ from urllib.parse import urlencode, urlsplit
 
 from s2_bridge import __version__
 from s2_bridge.errors import ConfigError
+from s2_bridge.loopback import PLAIN_HTTP_FIX, plain_http_refusal
 
 MAX_BODY_BYTES = 8 * 1024 * 1024  # 20 messages of 50,000 characters, JSON-escaped, fit
 USER_AGENT = f"s2-bridge/{__version__}"
@@ -198,6 +199,9 @@ def get_json(
     send and every read wait at most until `deadline` (time.monotonic()). Name resolution is
     not bounded by it: a caller that needs a hard bound on a host name runs this on a thread.
     """
+    refusal = plain_http_refusal(bridge_url)
+    if refusal:
+        raise HttpFailure("rejected", refusal, PLAIN_HTTP_FIX)
     scheme, host, port, target = route_url(bridge_url, path, query)
     timeout_s = max(0.0, deadline - time.monotonic())
     authority = urlsplit(bridge_url).netloc.rpartition("@")[2]

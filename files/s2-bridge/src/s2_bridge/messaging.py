@@ -8,11 +8,12 @@ import contextlib
 
 from s2_bridge import routing
 from s2_bridge.caller import Caller
-from s2_bridge.errors import invalid, not_found
+from s2_bridge.errors import BridgeError, invalid, not_found
 from s2_bridge.models import (
     OPEN_TASK_STATES,
     ActionType,
     AgentStatus,
+    Box,
     HeartbeatAck,
     Inbox,
     Message,
@@ -25,7 +26,7 @@ from s2_bridge.models import (
     iso,
 )
 from s2_bridge.redact import redact_list, redact_text
-from s2_bridge.service_core import LEAD_KEY, ServiceCore
+from s2_bridge.service_core import LEAD_KEY, ServiceCore, check_edges
 from s2_bridge.store.base import MessageDraft
 
 CHECK_LIMIT_MAX = 200
@@ -34,6 +35,7 @@ UPDATES_LIMIT_MAX = 50
 # by the agent's own client.
 WAIT_DEFAULT_S = 20.0
 WAIT_MAX_S = 50.0
+# Long polls one token may have parked at once; past it, too_many_waits.
 
 
 class Messaging(ServiceCore):
@@ -108,6 +110,8 @@ class Messaging(ServiceCore):
 
     # sending
     def _check_body(self, message: str, files_involved: list[str]) -> None:
+        check_edges("message", message)
+        check_edges("files_involved", files_involved)
         if not message.strip():
             raise invalid("message", "message is empty", "send some text")
         if len(message) > self.limits.message_max_chars:
@@ -131,6 +135,7 @@ class Messaging(ServiceCore):
                 )
 
     def _visible_message(self, caller: Caller, message_id: int) -> Message:
+        check_edges("reply_to", message_id)
         if message_id < 1:
             raise invalid("reply_to", "reply_to must be a message id (1 or more)", "pass the id of the message")
         original = self.store.get_message(message_id)
@@ -183,6 +188,7 @@ class Messaging(ServiceCore):
         if not 1 <= limit <= CHECK_LIMIT_MAX:
             raise invalid("limit", f"limit {limit} is out of range", f"use 1 to {CHECK_LIMIT_MAX}")
         if ack_through is not None:
+            check_edges("ack_through", ack_through)
             if ack_through < 0:
                 raise invalid("ack_through", "ack_through is negative", "pass the id of the last message you handled")
             with self.store.atomic():
@@ -196,28 +202,73 @@ class Messaging(ServiceCore):
         remaining = self.store.count_for(key, box, cursor) - len(messages)
         return Inbox(messages=messages, acked_through=cursor, unread=remaining)
 
+    @property
+    def parked_waits_per_caller(self) -> int:
+        return self.limits.parked_waits_per_caller
+
     async def wait_for_messages(self, caller: Caller, after_id: int | None, timeout_s: float) -> WaitResult:
         key, box = self._inbox_of(caller)
         if not 0 <= timeout_s <= WAIT_MAX_S:
             raise invalid("timeout_s", f"timeout_s {timeout_s} is out of range", f"use 0 to {WAIT_MAX_S:g} seconds")
+        if after_id is not None:
+            check_edges("after_id", after_id)
         after = self.store.read_cursor(key, box) if after_id is None else after_id
+        # Take the event before reading, so a message stored in between still wakes us.
+        event = self.signals.event(key, box)
+        messages = self.store.messages_for(key, box, after, CHECK_LIMIT_MAX)
+        if messages or timeout_s <= 0:
+            return WaitResult(messages=messages, timed_out=not messages)
+        parked = self._parked.get(caller.token_hash, 0)
+        cap = self.parked_waits_per_caller
+        if parked >= cap:
+            raise BridgeError(
+                "too_many_waits",
+                f"this token already has {parked} wait_for_messages parked (at most {cap})",
+                field="timeout_s",
+                fix="let an earlier wait_for_messages return (or cancel it) before starting another; "
+                "check_messages reads without waiting",
+            )
+        self._parked[caller.token_hash] = parked + 1
+        try:
+            return await self._park(caller, key, box, after, event, timeout_s)
+        finally:
+            left = self._parked.get(caller.token_hash, 1) - 1
+            if left > 0:
+                self._parked[caller.token_hash] = left
+            else:
+                self._parked.pop(caller.token_hash, None)
+
+    async def _park(
+        self, caller: Caller, key: str, box: Box, after: int, event: asyncio.Event, timeout_s: float
+    ) -> WaitResult:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            # Take the event before reading, so a message stored in between still wakes us.
-            event = self.signals.event(key, box)
-            messages = self.store.messages_for(key, box, after, CHECK_LIMIT_MAX)
-            remaining = deadline - loop.time()
-            if messages or remaining <= 0:
-                return WaitResult(messages=messages, timed_out=not messages)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), remaining)
+                await asyncio.wait_for(event.wait(), max(0.0, deadline - loop.time()))
+            # The token may have been rotated or revoked while this call was parked.
+            refused = self.still_authenticated(caller)
+            if refused is not None:
+                raise BridgeError(
+                    "unauthenticated",
+                    f"your token was refused while you waited: {refused}",
+                    fix="reread your credentials file (a rotation writes new tokens) and call again",
+                )
+            fresh = self.signals.event(key, box)
+            messages = self.signals.shared_read(
+                event, (key, box, after), lambda: self.store.messages_for(key, box, after, CHECK_LIMIT_MAX)
+            )
+            if messages or deadline - loop.time() <= 0:
+                return WaitResult(messages=messages, timed_out=not messages)
+            event = fresh
 
     def updates(self, caller: Caller, after: int | None, limit: int) -> Updates:
         """What the hook command shows: messages after `after` (default: the read cursor)."""
         key, box = self._inbox_of(caller)
         if not 1 <= limit <= UPDATES_LIMIT_MAX:
             raise invalid("limit", f"limit {limit} is out of range", f"use 1 to {UPDATES_LIMIT_MAX}")
+        if after is not None:
+            check_edges("after", after)
         if after is not None and after < 0:
             raise invalid("after", "after is negative", "pass the last message id you showed, or leave it out")
         cursor = self.store.read_cursor(key, box)

@@ -45,43 +45,83 @@ class Rule:
         return self.marker
 
 
+@dataclass(frozen=True)
+class ContextRule(Rule):
+    """A shape that is a secret only with a context word in the `window` characters before it."""
+
+    context: re.Pattern[str] = re.compile("$^")
+    window: int = 100
+
+    def apply(self, text: str) -> tuple[str, int]:
+        parts: list[str] = []
+        last = count = 0
+        for match in self.pattern.finditer(text):
+            if self.context.search(text, max(0, match.start() - self.window), match.start()) is None:
+                continue
+            parts += [text[last : match.start()], self.marker]
+            last, count = match.end(), count + 1
+        return ("".join(parts) + text[last:], count) if count else (text, 0)
+
+
 def _rule(kind: str, pattern: str, flags: int = 0) -> Rule:
     return Rule(kind, re.compile(pattern, flags))
 
 
 # A value that is a placeholder or a reference, not a secret: already redacted by an earlier
-# rule, ${VAR}, {{ jinja }}, <your key>, ***, null-ish and type words (`password: str`), or an
-# upper-case environment reference ($DB_PASSWORD).
+# rule, ${VAR}, {{ jinja }}, <your key>, ***, null-ish and type words (`password: str`,
+# `secret: dict`, `token: Token`, `password: Optional[str]`), or an upper-case environment
+# reference ($DB_PASSWORD).
+_TYPE_WORDS = (
+    r"str|string|bytes|secretstr|int|float|bool|dict|list|tuple|set|object|any|optional|union"
+    r"|mapping|sequence|callable|type"
+)
 _NOT_A_VALUE = (
     r"(?!\[REDACTED:|\$\{|\{\{|<|\*{3}"
-    r"|(?:null|none|nil|true|false|undefined|str|string|bytes|secretstr)\b"
+    r"|(?:null|none|nil|true|false|undefined|" + _TYPE_WORDS + r")(?![A-Za-z0-9_\-.])"
+    r"|(?-i:(?:[A-Z][a-z]+){0,4}?(?:Token|Secret|Password|Key|Credentials?|Str|Type|Field))(?![A-Za-z0-9_\-.])"
     r"|\$(?-i:[A-Z_][A-Z0-9_]*)\b)"
 )
-# A bare value that names another variable holding the secret (`password=self.password`,
-# `token=access_token`), as in code passing a secret along rather than spelling it out.
-_NOT_A_REFERENCE = r"(?!(?-i:(?:[a-z_.]{1,40}[_.])?(?:password|passwd|pwd|secret|token|key))(?![A-Za-z0-9]))"
-# Characters that end an unquoted value: whitespace, quotes, separators, brackets, backslash.
-_BARE_VALUE = r"""[^\s"'`,;&(){}\[\]<>\\]++"""
+# A bare value that names another variable holding the secret, as code passing a secret along
+# does: an attribute path (`self.password`, `settings.db.secret`) or the key word itself
+# (`password=password`). A plain word is a value: `DB_PASSWORD=secret`, `password=my_token`.
+_NOT_A_REFERENCE = (
+    r"(?!(?-i:(?:[A-Za-z_][A-Za-z0-9_]{0,40}\.){1,6}[A-Za-z_][A-Za-z0-9_]{0,40}"
+    r"|password|passwd|pwd|token)(?![A-Za-z0-9_\-.]))"
+)
+# A bare value followed by `(` or `[` is code when it is a name without digits
+# (`get_password()`, `os.environ["X"]`); `Tr0ub4dor(3)` is a password.
+_NOT_CODE = r"(?!(?-i:[A-Za-z_.]++)[(\[])"
+# An unquoted value ends at whitespace, quotes, `,`, `&`, `<>` or a backslash; `;`, brackets and
+# braces belong to it when more of the value follows (`abc;def123`, `Tr0ub4dor(3)`), so a value
+# that ends a call (`f(password=x)`) leaves the `)` alone. One character of lookahead: linear.
+_STOP = r"""\s"'`,&<>\\"""
+_SOFT = r";(){}\[\]"
+_BARE_VALUE = rf"(?:[^{_STOP}{_SOFT}]++|[{_SOFT}](?=[^{_STOP}{_SOFT}]))++"
 # A quoted value runs to its closing quote (escapes allowed) or, if the quote never closes,
 # to the end of the line, so a cut-off value is still redacted.
 _DOUBLE_QUOTED = r'"' + _NOT_A_VALUE + r'(?P<secret_dq>(?:[^"\\\n]|\\.)++)"?'
 _SINGLE_QUOTED = r"'" + _NOT_A_VALUE + r"(?P<secret_sq>(?:[^'\\\n]|\\.)++)'?"
 
 
-def _assignment(kind: str, names: str) -> Rule:
+def _assignment(kind: str, names: str, *, numbers: bool = True) -> Rule:
     """`NAME=value`, `NAME: value`, `"NAME": "value"`, `NAME => 'value'`, case-insensitive.
 
     The name has no left boundary so prefixed names count (DB_PASSWORD, client_secret,
     OPENAI_API_KEY); it must be followed directly by the separator, so `password_reset` or
-    `secrets:` are not names. A bare value followed by `(` or `[` is code (`get_password()`,
-    `os.environ["X"]`), not a secret.
+    `secrets:` are not names. With numbers=False a short bare number is a setting, not a
+    secret (`max_token=4096`).
     """
+    number = "" if numbers else r"(?![0-9]{1,9}(?![^" + _STOP + "]))"
     pattern = (
         rf"(?:{names})[\"']?[ \t]*(?::=|=>|==|[:=])[ \t]*"
         rf"(?:{_DOUBLE_QUOTED}|{_SINGLE_QUOTED}"
-        rf"|{_NOT_A_VALUE}{_NOT_A_REFERENCE}(?P<secret_bare>{_BARE_VALUE})(?![(\[]))"
+        rf"|{_NOT_A_VALUE}{_NOT_A_REFERENCE}{_NOT_CODE}{number}(?P<secret_bare>{_BARE_VALUE}))"
     )
     return _rule(kind, pattern, re.IGNORECASE)
+
+
+# A command-line value: a word, or a quoted string.
+_ARG_VALUE = r"""(?:"(?P<secret_dq>[^"\n]{1,200})"|'(?P<secret_sq>[^'\n]{1,200})'|(?P<secret>[^\s"'`]++))"""
 
 
 # Order matters: specific token shapes run first so the marker names the real kind; the
@@ -129,12 +169,44 @@ RULES: tuple[Rule, ...] = (
     _rule("huggingface_token", r"(?<![A-Za-z0-9_])hf_[A-Za-z0-9]{30,}+"),
     # npm access tokens: npm_ + 36 alphanumerics.
     _rule("npm_token", r"(?<![A-Za-z0-9_])npm_[A-Za-z0-9]{36}"),
-    # Password in a URL's userinfo: scheme://user:PASSWORD@host (user may be empty).
+    # Password in a URL's userinfo: scheme://user:PASSWORD@host (user may be empty). The
+    # password runs to the last `@` before the host (it may hold `@`, `/`, `#`), at most 256
+    # characters, so the backtracking to that `@` is bounded per URL.
     _rule(
         "url_password",
         r"(?<![a-z0-9+.\-])[a-z][a-z0-9+.\-]{0,30}://[^\s:/?#@]*+:"
-        r"(?!\[REDACTED:)(?P<secret>[^\s/?#@]++)@",
+        r"(?!\[REDACTED:)(?P<secret>[^\s@]{1,256}+(?:@[^\s@]{1,256}+){0,3})@(?=[A-Za-z0-9\[])",
         re.IGNORECASE,
+    ),
+    # GitLab personal, project and group access tokens.
+    _rule("gitlab_token", r"(?<![A-Za-z0-9_])glpat-[A-Za-z0-9_\-]{20,}+"),
+    # Slack incoming webhooks and workflow triggers: the path is the credential.
+    _rule(
+        "slack_webhook",
+        r"hooks\.slack\.com/(?:services|workflows|triggers)/(?P<secret>[A-Za-z0-9_/\-]{10,}+)",
+    ),
+    # Google OAuth client secrets.
+    _rule("google_client_secret", r"(?<![A-Za-z0-9_])GOCSPX-[A-Za-z0-9_\-]{20,}+"),
+    # SendGrid API keys: SG.<22>.<43>.
+    _rule("sendgrid_key", r"(?<![A-Za-z0-9_])SG\.[A-Za-z0-9_\-]{16,32}\.[A-Za-z0-9_\-]{16,64}"),
+    # Azure storage / service bus connection strings and SAS signatures.
+    _rule(
+        "azure_key",
+        r"(?:AccountKey|SharedAccessKey)=(?P<secret>[A-Za-z0-9+/]{16,}+=*)",
+        re.IGNORECASE,
+    ),
+    _rule("azure_sas", r"[?&]sig=(?P<secret>[A-Za-z0-9%+/]{16,}+=*)"),
+    # Docker's config.json: "auth": "<base64 user:password>".
+    _rule("docker_auth", r'"auth"[ \t]*:[ \t]*"(?P<secret>[A-Za-z0-9+/]{8,}+=*)"'),
+    # A bare 40-character AWS secret access key (mixed case and digits), only when "aws",
+    # "secret" or a redacted AWS key id sits within the 100 characters before it.
+    ContextRule(
+        "aws_secret_key",
+        re.compile(
+            r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}[0-9])(?=[A-Za-z0-9/+]{0,39}[A-Z])"
+            r"(?=[A-Za-z0-9/+]{0,39}[a-z])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
+        ),
+        context=re.compile(r"aws|secret", re.IGNORECASE),
     ),
     # HTTP Authorization (or Proxy-Authorization) header with a Bearer, token or Basic
     # credential of 8+ characters; shorter words are placeholders such as `Bearer TOKEN`.
@@ -152,6 +224,20 @@ RULES: tuple[Rule, ...] = (
         r"(?=(?-i:[a-z._~+/\-]{0,63}[A-Z0-9]))(?P<secret>[A-Za-z0-9._~+/\-]{20,}+=*)",
         re.IGNORECASE,
     ),
+    # Command lines: `--password x`, `--token x`, `curl -u user:pass`, `sshpass -p pass`.
+    _rule(
+        "password",
+        r"(?<![A-Za-z0-9_\-])--(?:[a-z0-9]+-){0,3}(?:password|passwd|passphrase|token|secret|api-key)"
+        r"[ \t]+(?!-)(?!\[REDACTED:)" + _ARG_VALUE,
+        re.IGNORECASE,
+    ),
+    # `-u user:pass` / `--user user:pass` (curl, wget, httpie); a uid:gid (`-u 1000:1000`) is not.
+    _rule(
+        "password",
+        r"(?<![A-Za-z0-9_\-])(?:-u|--user)[ \t]*=?[ \t]*['\"]?[^\s:'\"]{1,100}+:"
+        r"(?!\[REDACTED:)(?![0-9]++(?![^\s'\"]))(?P<secret>[^\s'\"]++)",
+    ),
+    _rule("password", r"\bsshpass\b[^\n]{0,100}?(?<!\S)-p[ \t]*(?!\[REDACTED:)" + _ARG_VALUE),
     # aws_secret_access_key = <value> (also AWS_SECRET_ACCESS_KEY, secret_access_key).
     _assignment("aws_secret_key", r"secret[_\-]?access[_\-]?key"),
     # password=, passwd:, passphrase=, pwd= (pwd not inside a word: OLDPWD is a directory).
@@ -161,7 +247,7 @@ RULES: tuple[Rule, ...] = (
     # secret=, client_secret:, secret_key=, private_key=.
     _assignment("secret", r"secret(?:[_\-]?key)?|private[_\-]?key"),
     # token=, access_token=, auth_token=, refresh_token=, id_token= ...
-    _assignment("token", r"token"),
+    _assignment("token", r"token", numbers=False),
 )
 
 

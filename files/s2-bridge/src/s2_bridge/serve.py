@@ -12,10 +12,11 @@ from pathlib import Path
 
 import uvicorn
 
-from s2_bridge import exitcodes, tokens
+from s2_bridge import exitcodes, netguard, tokens
 from s2_bridge.app import BridgeApp
 from s2_bridge.config import BridgeConfig, load_bridge_config
 from s2_bridge.errors import ConfigError
+from s2_bridge.loopback import is_loopback_host
 from s2_bridge.service import BridgeService
 from s2_bridge.store import Store, open_store
 
@@ -37,17 +38,30 @@ def write_secret_file(path: str, content: str) -> None:
 
 
 def ensure_admin_token(store: Store, path: str) -> None:
-    """Keep a valid admin token file; otherwise make a new token and revoke every older one."""
+    """Keep a valid admin token file; otherwise make a new token and revoke every older one.
+
+    A file that group or others could read may have leaked: its token is replaced (the old one
+    is refused from now on) and the new one written 0600."""
     file = Path(path)
     if file.exists():
         if file.stat().st_mode & 0o077:
+            log.warning(
+                "%s was readable by group or others (mode %o): issuing a new admin token and refusing the old one",
+                path,
+                file.stat().st_mode & 0o777,
+            )
             file.chmod(0o600)
-            log.warning("%s was readable by others; set it to 0600", path)
+            _issue_admin_token(store, path)
+            return
         token = file.read_text().strip()
         record = store.lookup_token(tokens.token_hash(token)) if tokens.looks_like_token(token) else None
         if record is not None and record.kind == "admin" and not record.revoked:
             return
         log.warning("%s does not hold the current admin token; issuing a new one", path)
+    _issue_admin_token(store, path)
+
+
+def _issue_admin_token(store: Store, path: str) -> None:
     token = tokens.new_token("admin")
     store.replace_admin_token(tokens.token_hash(token), time.time())
     write_secret_file(path, token + "\n")
@@ -55,6 +69,8 @@ def ensure_admin_token(store: Store, path: str) -> None:
 
 
 def build(config: BridgeConfig) -> tuple[BridgeApp, Store]:
+    # The data directory holds the database and the admin token: only the bridge's user.
+    Path(config.storage.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = open_store(config.storage.backend, config.storage.path)
     ensure_admin_token(store, config.auth.admin_token_file)
     return BridgeApp(BridgeService(store, config)), store
@@ -91,15 +107,35 @@ def tls_options(config: BridgeConfig, insecure_http: bool) -> dict[str, str]:
     return tls
 
 
+def check_insecure_http(config: BridgeConfig) -> None:
+    """--insecure-http only on a loopback listen address: tokens must not cross a network in clear."""
+    if not is_loopback_host(config.server.host):
+        raise ConfigError(
+            config.path,
+            "server.host",
+            f"--insecure-http on {config.server.host!r} would send tokens over the network in clear text",
+            'set server.host = "127.0.0.1" for plain HTTP, or drop --insecure-http and set [tls]',
+        )
+
+
 def uvicorn_config(app: BridgeApp, config: BridgeConfig, tls: dict[str, str]) -> uvicorn.Config:
+    server = config.server
     return uvicorn.Config(
         app,
-        host=config.server.host,
-        port=config.server.port,
+        host=server.host,
+        port=server.port,
         lifespan="on",
         access_log=False,
         log_level="warning",
-        timeout_keep_alive=75,  # daemons keep one connection open between heartbeats
+        # connection cap and request-head deadline (netguard); idle keep-alive: daemons keep
+        # one connection open between heartbeats
+        http=netguard.guarded_protocol(server.max_connections, server.header_timeout_s),
+        loop=netguard.loop_factory(server.tls_handshake_timeout_s),  # type: ignore[arg-type]
+        timeout_keep_alive=server.keepalive_timeout_s,  # type: ignore[arg-type]
+        h11_max_incomplete_event_size=16 * 1024,
+        # X-Forwarded-For is believed only from configured proxies (uvicorn trusts loopback by default)
+        proxy_headers=bool(server.trusted_proxies),
+        forwarded_allow_ips=list(server.trusted_proxies) or None,
         backlog=4096,
         **tls,  # type: ignore[arg-type]
     )
@@ -108,6 +144,7 @@ def uvicorn_config(app: BridgeApp, config: BridgeConfig, tls: dict[str, str]) ->
 def run(args: argparse.Namespace) -> int:
     config = load_bridge_config(args.config)
     if args.insecure_http:
+        check_insecure_http(config)
         log.warning("serving plain HTTP (--insecure-http): tokens cross the network in clear text")
     tls = tls_options(config, args.insecure_http)
     app, store = build(config)

@@ -21,7 +21,7 @@ from s2_bridge.models import (
     Revoked,
     iso,
 )
-from s2_bridge.service_core import ROLE_MAX, ROLE_MIN, WORKER_ID_RE, check_length, store_error
+from s2_bridge.service_core import LEAD_KEY, ROLE_MAX, ROLE_MIN, WORKER_ID_RE, check_length, store_error
 from s2_bridge.store import StoreError
 from s2_bridge.taskboard import TaskBoard
 
@@ -129,6 +129,7 @@ class BridgeService(TaskBoard):
             self.store.replace_lead_token(tokens.token_hash(token), lead_role=lead_role, now=now, expires_at=now + ttl)
             self._audit(caller, "lead.rotate", "lead", lead_role=lead_role, ttl_s=ttl)
         self._forget(lambda cached: cached.kind == "lead")
+        self.signals.notify(LEAD_KEY, "lead")  # parked waits of the old token re-check and are refused
         return LeadCredentials(
             lead_role=lead_role, lead_token=token, created_at=iso(now) or "", expires_at=iso(now + ttl) or ""
         )

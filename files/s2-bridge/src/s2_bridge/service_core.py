@@ -39,6 +39,37 @@ def store_error(exc: StoreError) -> BridgeError:
     return BridgeError(exc.code, str(exc), field=exc.field, fix=fixes.get(exc.code))
 
 
+# SQLite's INTEGER is signed 64-bit: a larger id or count cannot reach the store at all.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_edges(field: str, value: object) -> None:
+    """Refuse what the store cannot hold, naming the field: an integer outside SQLite's signed
+    64-bit range, or a string holding a lone surrogate (not encodable as UTF-8). Lists and
+    dicts are checked item by item (`field[2]`, `field.key`)."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise invalid(field, f"{field} is out of range", f"use an integer from {INT64_MIN} to {INT64_MAX}")
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise invalid(
+                field,
+                f"{field} holds a lone UTF-16 surrogate at character {exc.start}",
+                "send valid Unicode text (pair every surrogate, or drop it)",
+            ) from None
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            check_edges(f"{field}[{index}]", item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_edges(f"{field}.{key}" if isinstance(key, str) and key.isidentifier() else field, item)
+            check_edges(field, key)
+
+
 def check_length(field: str, value: str, low: int, high: int) -> None:
     if not low <= len(value) <= high:
         raise invalid(field, f"{field} has {len(value)} characters", f"use {low} to {high} characters")
@@ -57,6 +88,8 @@ class ServiceCore:
         # at once (one process owns the store), and expiry is checked on every hit.
         self._callers: dict[str, tuple[Caller, float | None]] = {}
         self._lead_touched_at = 0.0
+        # token hash -> long polls it has parked now (the per-caller cap of wait_for_messages)
+        self._parked: dict[str, int] = {}
 
     # helpers
     def _audit(self, caller: Caller | None, action: str, target: str, **detail: object) -> int:
@@ -105,6 +138,9 @@ class ServiceCore:
 
     def _forget_conversation(self, conversation_id: str) -> None:
         self._forget(lambda c: c.conversation is not None and c.conversation.conversation_id == conversation_id)
+        # Wake the conversation's parked long polls: each re-checks its token and is refused.
+        for side in ("coordinator", "worker"):
+            self.signals.notify(conversation_id, side)
 
     def _touch_lead(self) -> None:
         """Every lead call is the lead's heartbeat: workers see their partner alive."""
@@ -123,7 +159,17 @@ class ServiceCore:
     def _authenticate(self, token: str, remote: str) -> Caller | str:
         if not tokens.looks_like_token(token):
             return "malformed token"
-        digest = tokens.token_hash(token)
+        return self._caller_by_hash(tokens.token_hash(token), remote)
+
+    def still_authenticated(self, caller: Caller) -> str | None:
+        """None while the caller's token is still good, else why not (rotated, revoked or expired
+        since it was authenticated): a long poll asks this when it wakes."""
+        if caller.kind == "admin":
+            return None
+        found = self._caller_by_hash(caller.token_hash, caller.remote)
+        return found if isinstance(found, str) else None
+
+    def _caller_by_hash(self, digest: str, remote: str) -> Caller | str:
         cached = self._callers.get(digest)
         if cached is not None:
             caller, expires_at = cached
@@ -149,6 +195,10 @@ class ServiceCore:
             self._callers.clear()  # bounded memory; the next calls simply look up again
         self._callers[digest] = (caller, record.expires_at)
         return caller
+
+    def audit_denied(self, caller: Caller, tool: str, reason: str) -> None:
+        """A call refused for lack of permission: who tried which tool."""
+        self._audit(caller, "denied", tool, reason=reason[:200])
 
     def audit_auth_failure(self, remote: str, reason: str, path: str) -> None:
         self.store.audit(

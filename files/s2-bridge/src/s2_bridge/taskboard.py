@@ -23,7 +23,7 @@ from s2_bridge.models import (
     worker_sort_key,
 )
 from s2_bridge.redact import redact_text
-from s2_bridge.service_core import check_length
+from s2_bridge.service_core import check_edges, check_length
 
 TITLE_MAX = 200
 DETAIL_MAX = 10_000
@@ -127,6 +127,7 @@ class TaskBoard(Messaging):
         return TaskList(tasks=found)
 
     def _require_task(self, task_id: int) -> Task:
+        check_edges("task_id", task_id)
         task = self.store.get_task(task_id)
         if task is None:
             raise not_found("task_id", f"no task {task_id}")
@@ -152,6 +153,7 @@ class TaskBoard(Messaging):
         if task.state not in OPEN_TASK_STATES:
             raise invalid("task_id", f"task {task_id} is {task.state}", "only open tasks can be reassigned")
         check_length("reason", reason, 0, NOTE_MAX)
+        reason, _ = redact_text(reason)
         target = self._target_worker(to_worker_id, "to_worker_id", exclude=task.worker_id)
         if target.worker_id == task.worker_id:
             raise invalid("to_worker_id", f"task {task_id} is already {target.worker_id}'s", "name another worker")
@@ -181,5 +183,6 @@ class TaskBoard(Messaging):
     def record_alert(self, caller: Caller, worker_id: str, kind: AlertKind, detail: str) -> AlertRecorded:
         self._require_admin(caller)
         check_length("detail", detail, 0, NOTE_MAX)
+        detail, _ = redact_text(detail)
         audit_id = self._audit(caller, f"watchdog.{kind}", f"worker:{worker_id}", detail=detail)
         return AlertRecorded(audit_id=audit_id)

@@ -41,6 +41,7 @@ from s2_bridge.models import (
 )
 from s2_bridge.permissions import may_call, tools_for
 from s2_bridge.service import DEFAULT_LEAD_ROLE, BridgeService
+from s2_bridge.service_core import check_edges
 
 CALLER_KEY = "s2_caller"
 INSTRUCTIONS = (
@@ -77,17 +78,33 @@ def error_result(error: BridgeError) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=error.to_json())], is_error=True)
 
 
-def structured_errors(fn: Callable[..., Awaitable[ResultT]]) -> Callable[..., Awaitable[ResultT]]:
-    """Turn a BridgeError into an is_error result whose text is the error JSON."""
+def structured_errors(
+    fn: Callable[..., Awaitable[ResultT]], service: BridgeService | None = None
+) -> Callable[..., Awaitable[ResultT]]:
+    """Turn a BridgeError into an is_error result whose text is the error JSON. Arguments the
+    store cannot hold (an integer beyond 64 bits, a lone surrogate) are refused first, naming
+    the field; a refusal for lack of permission is audited ("denied", target the tool)."""
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            for name, value in kwargs.items():
+                if not isinstance(value, Context):
+                    check_edges(name, value)
             return await fn(*args, **kwargs)
         except BridgeError as exc:
+            if exc.code == "forbidden" and service is not None:
+                _audit_denied(service, fn.__name__, kwargs, exc)
             return error_result(exc)
 
     return wrapper
+
+
+def _audit_denied(service: BridgeService, tool: str, kwargs: dict[str, Any], exc: BridgeError) -> None:
+    ctx = next((value for value in kwargs.values() if isinstance(value, Context)), None)
+    caller = None if ctx is None else _caller_of_request(ctx.request_context.request)
+    if caller is not None:
+        service.audit_denied(caller, tool, str(exc))
 
 
 _VALIDATION_RE = re.compile(r"validation errors? for \w+\n(?P<field>[^\n]+)\n\s+(?P<message>[^\n\[]+)")
@@ -157,7 +174,7 @@ def build_mcp(service: BridgeService) -> MCPServer:
     )
 
     def tool(fn: Callable[..., Awaitable[Any]]) -> None:
-        mcp.add_tool(structured_errors(fn), name=fn.__name__, description=inspect.cleandoc(fn.__doc__ or ""))
+        mcp.add_tool(structured_errors(fn, service), name=fn.__name__, description=inspect.cleandoc(fn.__doc__ or ""))
 
     async def create_conversation(
         my_role: Annotated[str, Field(description="the coordinator's role, 3-100 characters")],

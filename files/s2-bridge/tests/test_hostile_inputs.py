@@ -1,0 +1,193 @@
+"""Hostile inputs against the real bridge (TLS on loopback): edge values, a long poll that
+outlives its token, a token parking many waits, and the admin's state-change edge cases
+(issue 14, items 6, 10, 12 and the per-caller wait cap of item 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from conftest import PKI, Bridge, call, connect, create_conversation
+from s2_bridge.check_messages import message_line
+from s2_bridge.status import fleet_table
+
+pytestmark = pytest.mark.anyio
+_ids = itertools.count(1)
+
+
+async def raw_call(bridge: Bridge, token: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """tools/call as raw JSON (so a lone surrogate or a 2**63 reaches the server as sent)."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": next(_ids),
+        "method": "tools/call",
+        "params": {
+            "name": name,
+            "arguments": arguments,
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "hostile", "version": "0"},
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+    headers = {
+        "authorization": f"Bearer {token}",
+        "accept": "application/json, text/event-stream",
+        "content-type": "application/json",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": name,
+    }
+    async with httpx2.AsyncClient(verify=bridge.ssl_context(), timeout=90) as http:
+        response = await http.post(bridge.url, content=json.dumps(body), headers=headers)
+    assert response.status_code == 200, response.text[:500]
+    result = response.json()["result"]
+    if result["isError"]:
+        return json.loads(result["content"][0]["text"])
+    return dict(result["structuredContent"])
+
+
+EDGE_INTS = [2**63, -(2**63) - 1, 2**70]
+
+
+async def test_edge_integers_and_lone_surrogates_get_structured_errors(bridge: Bridge) -> None:
+    created = await create_conversation(bridge, "3")
+    worker, admin = created["worker_token"], bridge.admin_token
+    cases: list[tuple[str, str, dict[str, Any], str]] = []
+    for value in EDGE_INTS:
+        cases += [
+            (worker, "wait_for_messages", {"after_id": value, "timeout_s": 0}, "after_id"),
+            (worker, "check_messages", {"ack_through": value}, "ack_through"),
+            (worker, "send_to_partner", {"message": "hi", "reply_to": value}, "reply_to"),
+            (worker, "update_task", {"task_id": value, "state": "done"}, "task_id"),
+            (admin, "reassign_task", {"task_id": value, "to_worker_id": "3"}, "task_id"),
+            (admin, "create_conversation", {"my_role": "abc", "partner_role": "defg", "ttl_s": value}, "ttl_s"),
+        ]
+    cases += [
+        (worker, "send_to_partner", {"message": "hello \ud800 there"}, "message"),
+        (worker, "send_to_partner", {"message": "ok", "files_involved": ["a.py", "b\udfff.py"]}, "files_involved[1]"),
+        (admin, "create_conversation", {"my_role": "ab\udc00c", "partner_role": "worker-9-x"}, "my_role"),
+        (admin, "record_alert", {"worker_id": "3", "kind": "silent", "detail": "\ud83d"}, "detail"),
+    ]
+    for token, tool, arguments, field in cases:
+        answer = await raw_call(bridge, token, tool, arguments)
+        assert answer.get("error", {}).get("code") == "invalid_argument", (tool, arguments, answer)
+        assert answer["error"]["field"] == field, (tool, answer)
+    log = bridge.log_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert "OverflowError" not in log and "UnicodeEncodeError" not in log
+    # The server is still fine: a normal send and read work.
+    sent = await raw_call(bridge, worker, "send_to_partner", {"message": "still here"})
+    assert "error" not in sent, sent
+
+
+async def test_lean_updates_refuse_an_after_beyond_64_bits(bridge: Bridge) -> None:
+    created = await create_conversation(bridge, "3")
+    async with httpx2.AsyncClient(verify=bridge.ssl_context(), timeout=30) as http:
+        response = await http.get(
+            f"{bridge.base_url}/v1/updates",
+            params={"after": str(2**63)},
+            headers={"authorization": f"Bearer {created['worker_token']}"},
+        )
+    assert response.status_code == 400, response.text
+    assert "after" in response.text
+    assert "Traceback" not in bridge.log_text()
+
+
+async def test_a_parked_wait_is_refused_after_rotation(bridge: Bridge) -> None:
+    created = await create_conversation(bridge, "3")
+    async with connect(bridge, created["worker_token"]) as waiter:
+        wait = asyncio.ensure_future(call(waiter, "wait_for_messages", timeout_s=20))
+        await asyncio.sleep(0.5)  # parked
+        async with connect(bridge, bridge.admin_token) as admin:
+            rotated = await call(admin, "rotate_conversation", conversation_id=created["conversation_id"])
+        assert "error" not in rotated
+        async with connect(bridge, rotated["coordinator_token"]) as coordinator:
+            await call(coordinator, "send_to_partner", message="sent after the rotation")
+        answer = await asyncio.wait_for(wait, 15)
+    assert answer.get("error", {}).get("code") == "unauthenticated", answer
+    assert "sent after the rotation" not in json.dumps(answer)
+
+
+async def test_a_parked_wait_is_refused_after_revocation(bridge: Bridge) -> None:
+    created = await create_conversation(bridge, "3")
+    async with connect(bridge, created["worker_token"]) as waiter:
+        wait = asyncio.ensure_future(call(waiter, "wait_for_messages", timeout_s=20))
+        await asyncio.sleep(0.5)
+        async with connect(bridge, bridge.admin_token) as admin:
+            revoked = await call(admin, "revoke_conversation", conversation_id=created["conversation_id"])
+        assert "error" not in revoked
+        answer = await asyncio.wait_for(wait, 15)  # woken by the revocation itself
+    assert answer.get("error", {}).get("code") == "unauthenticated", answer
+
+
+async def test_one_token_parks_at_most_four_waits(bridge: Bridge) -> None:
+    created = await create_conversation(bridge, "3")
+    token = created["worker_token"]
+    parked = [asyncio.ensure_future(raw_call(bridge, token, "wait_for_messages", {"timeout_s": 20})) for _ in range(4)]
+    await asyncio.sleep(1.0)
+    refused = await raw_call(bridge, token, "wait_for_messages", {"timeout_s": 20})
+    assert refused.get("error", {}).get("code") == "too_many_waits", refused
+    assert "fix" in refused["error"]
+    # Another token is not affected, and a wait with timeout_s=0 never parks.
+    assert "error" not in await raw_call(bridge, token, "wait_for_messages", {"timeout_s": 0})
+    async with connect(bridge, created["coordinator_token"]) as coordinator:
+        await call(coordinator, "send_to_partner", message="wake up")
+    answers = await asyncio.wait_for(asyncio.gather(*parked), 15)
+    assert all(a["messages"][0]["message"] == "wake up" for a in answers), answers
+    # The slots are free again.
+    again = await raw_call(bridge, token, "wait_for_messages", {"timeout_s": 0.2})
+    assert "error" not in again, again
+
+
+async def test_many_waiters_woken_by_one_message_all_get_it(tmp_path: Path, pki: PKI) -> None:
+    """The shared read of a wake (item 2) gives every waiter the same, complete answer."""
+    bridge = Bridge(workdir=tmp_path, tls=pki, extra_config="[limits]\ncalls_per_s = 1000\ncalls_burst = 1000\n")
+    bridge.start()
+    try:
+        created = await create_conversation(bridge, "3")
+        async with connect(bridge, created["coordinator_token"]) as coordinator:
+            first = await call(coordinator, "send_to_partner", message="one")
+            waits = [
+                asyncio.ensure_future(
+                    raw_call(bridge, created["worker_token"], "wait_for_messages", {"after_id": first["message_id"]})
+                )
+                for _ in range(4)
+            ]
+            await asyncio.sleep(0.8)
+            await call(coordinator, "send_to_partner", message="x" * 45_000)
+            answers = await asyncio.wait_for(asyncio.gather(*waits), 15)
+    finally:
+        bridge.stop()
+    assert [len(a["messages"]) for a in answers] == [1, 1, 1, 1]
+    assert all(a["messages"][0]["message"] == "x" * 45_000 for a in answers)
+
+
+async def test_permission_refusals_are_audited(bridge: Bridge) -> None:
+    created = await create_conversation(bridge, "3")
+    answer = await raw_call(bridge, created["worker_token"], "revoke_conversation", {"conversation_id": "x"})
+    assert answer["error"]["code"] == "forbidden"
+    answer = await raw_call(bridge, created["worker_token"], "assign_task", {"title": "t", "worker_id": "3"})
+    assert answer["error"]["code"] == "forbidden"
+    with sqlite3.connect(bridge.db_path) as db:
+        rows = db.execute("SELECT actor, target FROM audit_log WHERE action='denied' ORDER BY id").fetchall()
+    assert [target for _, target in rows] == ["revoke_conversation", "assign_task"], rows
+    assert all(actor.startswith("worker") for actor, _ in rows), rows
+
+
+def test_terminal_output_escapes_control_characters() -> None:
+    line = message_line(
+        {"id": 1, "from_role": "evil\x1b]0;x\x07", "action_type": "info", "message": "a\x1b[2Jb\x00c\x9bd"}
+    )
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in line), repr(line)
+    assert "\\x1b[2J" in line and "\\x00" in line
+    table = fleet_table({"workers": [{"worker_id": "3", "worker_role": "w-3\r\nFAKE ROW\x1b[31m", "health": "ok"}]})
+    assert len(table.splitlines()) == 2, table
+    assert "\x1b" not in table and "\r" not in table
