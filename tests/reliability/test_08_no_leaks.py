@@ -13,7 +13,9 @@ def test_6f_no_token_in_any_journal_or_process_list_after_the_protocol(report, w
     tokens = set(TOKEN_RE.findall(lab.read_file(lab.ORCHESTRATOR, lab.ADMIN_TOKEN)))
     for worker in workers:
         tokens |= set(TOKEN_RE.findall(lab.read_file(lab.ORCHESTRATOR, worker.orchestrator_copy)))
-    assert len(tokens) == 1 + 2 * len(workers), f"{len(tokens)} distinct live tokens on the orchestrator"
+    tokens |= set(TOKEN_RE.findall(lab.read_file(lab.ORCHESTRATOR, lab.LEAD_CREDENTIALS)))
+    # the admin's, the lead's, and each worker's pair
+    assert len(tokens) == 2 + 2 * len(workers), f"{len(tokens)} distinct live tokens on the orchestrator"
     scanned = 0
     for host in [lab.ORCHESTRATOR, *(w.host for w in workers)]:
         texts = [
