@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import itertools
 import json
 import os
 import signal
@@ -345,3 +346,34 @@ def worker_file(path: Path, url: str, ca_file: str | None = None) -> Path:
     with os.fdopen(fd, "w") as handle:
         json.dump(document, handle)
     return path
+
+
+_raw_ids = itertools.count(1)
+
+
+def raw_tool_call(token: str, name: str, arguments: dict[str, Any], client_name: str = "tests") -> dict[str, Any]:
+    """Keyword arguments for an httpx2 POST of one tools/call as raw JSON-RPC (2026-07-28
+    protocol), so values a client library would refuse (2**63, lone surrogates) reach the bridge."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": next(_raw_ids),
+        "method": "tools/call",
+        "params": {
+            "name": name,
+            "arguments": arguments,
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": client_name, "version": "0"},
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+    headers = {
+        "authorization": f"Bearer {token}",
+        "accept": "application/json, text/event-stream",
+        "content-type": "application/json",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": name,
+    }
+    return {"content": json.dumps(body, allow_nan=False), "headers": headers}

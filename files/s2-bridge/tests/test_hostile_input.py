@@ -4,7 +4,6 @@ never crashes, and its database stays consistent."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from conftest import Bridge
+from conftest import Bridge, raw_tool_call
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from s2_bridge import tokens
@@ -99,33 +98,8 @@ def fuzz_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Brid
         bridge.stop()
 
 
-_ids = itertools.count(1)
-
-
 def post_tool(client: httpx2.Client, url: str, token: str, name: str, arguments: dict[str, Any]) -> httpx2.Response:
-    body = {
-        "jsonrpc": "2.0",
-        "id": next(_ids),
-        "method": "tools/call",
-        "params": {
-            "name": name,
-            "arguments": arguments,
-            "_meta": {
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientInfo": {"name": "fuzz", "version": "0"},
-                "io.modelcontextprotocol/clientCapabilities": {},
-            },
-        },
-    }
-    headers = {
-        "authorization": f"Bearer {token}",
-        "accept": "application/json, text/event-stream",
-        "content-type": "application/json",
-        "mcp-protocol-version": "2026-07-28",
-        "mcp-method": "tools/call",
-        "mcp-name": name,
-    }
-    return client.post(url, content=json.dumps(body, allow_nan=False), headers=headers)
+    return client.post(url, **raw_tool_call(token, name, arguments, "fuzz"))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

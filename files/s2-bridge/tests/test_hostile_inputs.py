@@ -5,7 +5,6 @@ outlives its token, a token parking many waits, and the admin's state-change edg
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import sqlite3
 from pathlib import Path
@@ -13,40 +12,17 @@ from typing import Any
 
 import httpx2
 import pytest
-from conftest import PKI, Bridge, call, connect, create_conversation
+from conftest import PKI, Bridge, call, connect, create_conversation, raw_tool_call
 from s2_bridge.check_messages import message_line
 from s2_bridge.status import fleet_table
 
 pytestmark = pytest.mark.anyio
-_ids = itertools.count(1)
 
 
 async def raw_call(bridge: Bridge, token: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     """tools/call as raw JSON (so a lone surrogate or a 2**63 reaches the server as sent)."""
-    body = {
-        "jsonrpc": "2.0",
-        "id": next(_ids),
-        "method": "tools/call",
-        "params": {
-            "name": name,
-            "arguments": arguments,
-            "_meta": {
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientInfo": {"name": "hostile", "version": "0"},
-                "io.modelcontextprotocol/clientCapabilities": {},
-            },
-        },
-    }
-    headers = {
-        "authorization": f"Bearer {token}",
-        "accept": "application/json, text/event-stream",
-        "content-type": "application/json",
-        "mcp-protocol-version": "2026-07-28",
-        "mcp-method": "tools/call",
-        "mcp-name": name,
-    }
     async with httpx2.AsyncClient(verify=bridge.ssl_context(), timeout=90) as http:
-        response = await http.post(bridge.url, content=json.dumps(body), headers=headers)
+        response = await http.post(bridge.url, **raw_tool_call(token, name, arguments, "hostile"))
     assert response.status_code == 200, response.text[:500]
     result = response.json()["result"]
     if result["isError"]:
