@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from s2_bridge import __version__, exitcodes
+from s2_bridge.argtypes import seconds_between
 
 PROG = "s2-bridge codex-trust-hooks"
 MATCH_DEFAULT = "s2-bridge hook"
@@ -113,14 +114,7 @@ def _match_arg(text: str) -> str:
     return text
 
 
-def _timeout_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not TIMEOUT_MIN_S <= value <= TIMEOUT_MAX_S:
-        raise argparse.ArgumentTypeError(f"must be between {TIMEOUT_MIN_S:g} and {TIMEOUT_MAX_S:g} seconds")
-    return value
+_timeout_arg = seconds_between(TIMEOUT_MIN_S, TIMEOUT_MAX_S)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

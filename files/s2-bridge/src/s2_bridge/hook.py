@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from s2_bridge import exitcodes, permissions, tokens
+from s2_bridge.argtypes import seconds_between
 from s2_bridge.credentials import Credentials, load_credentials
 from s2_bridge.lean_http import HttpFailure, get_json, tls_context
 
@@ -56,15 +57,8 @@ class HookProblem(Exception):
     """Something that ends this run quietly: one line on stderr, nothing on stdout, exit 0."""
 
 
-def timeout_arg(text: str) -> float:
-    """argparse type for --timeout-s: seconds within TIMEOUT_MIN_S..TIMEOUT_MAX_S."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not TIMEOUT_MIN_S <= value <= TIMEOUT_MAX_S:
-        raise argparse.ArgumentTypeError(f"must be {TIMEOUT_MIN_S:g}-{TIMEOUT_MAX_S:g} seconds, got {value:g}")
-    return value
+# argparse type for --timeout-s
+timeout_arg = seconds_between(TIMEOUT_MIN_S, TIMEOUT_MAX_S)
 
 
 def warn(problem: str) -> None:
