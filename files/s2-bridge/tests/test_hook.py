@@ -181,7 +181,7 @@ async def test_bodies_are_escaped_and_bounded(bridge: Bridge, tmp_path: Path) ->
     for n in range(6):
         await as_coordinator(created, bridge, "send_to_partner", message=f"long {n} " + "x" * 3000)
     text = prompt(creds).context("UserPromptSubmit")
-    assert "bell\\u0007 esc\\u001b[31m rtl\\u202e cr\\u000d done" in text
+    assert "bell\\x07 esc\\x1b[31m rtl\\u202e cr\\x0d done" in text
     assert not any(ch in text for ch in "\x07\x1b\u202e\r")
     assert len(text) <= hook.OUTPUT_MAX_CHARS
     assert "more characters: read it with check_messages" in text  # 3,000 > the 2,000 body bound

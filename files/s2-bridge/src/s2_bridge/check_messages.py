@@ -14,8 +14,8 @@ from typing import Any
 from s2_bridge import exitcodes
 from s2_bridge.client import BridgeClient
 from s2_bridge.credentials import Credentials, load_credentials
+from s2_bridge.logsafe import escape_controls
 from s2_bridge.oneshot import run_command
-from s2_bridge.table import escape_controls
 
 PREVIEW_CHARS = 200
 

@@ -36,6 +36,7 @@ from s2_bridge import exitcodes, permissions, tokens
 from s2_bridge.argtypes import seconds_between
 from s2_bridge.credentials import Credentials, load_credentials
 from s2_bridge.lean_http import HttpFailure, get_json, tls_context
+from s2_bridge.logsafe import escape_controls
 
 EVENTS = ("SessionStart", "UserPromptSubmit", "Stop")
 CONTEXT_EVENTS = ("SessionStart", "UserPromptSubmit")
@@ -48,9 +49,6 @@ OUTPUT_MAX_CHARS = 8_000
 TASKS_LISTED = 10
 STDIN_MAX_BYTES = 8 * 1024 * 1024  # UserPromptSubmit carries the prompt, pastes included
 STATE_VERSION = 1
-# C0 and C1 controls except tab and newline, zero-width and bidi-override characters: shown
-# escaped, so a message can neither steer a terminal nor hide text.
-CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
 
 
 class HookProblem(Exception):
@@ -92,7 +90,7 @@ def clean(value: Any, limit: int, *, one_line: bool = False) -> str:
     extra = len(text) - limit
     if extra > 0:
         text = text[:limit]
-    text = CONTROL.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+    text = escape_controls(text, keep="\t\n")
     if extra > 0:
         text += f" [... {extra} more characters: read it with check_messages]"
     return text

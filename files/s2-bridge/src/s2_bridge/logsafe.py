@@ -4,6 +4,7 @@ the journal) and the length capped (a 60 KB path is not logged or stored whole).
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 
 LOG_TEXT_MAX_CHARS = 200
@@ -11,13 +12,20 @@ LOG_TEXT_MAX_CHARS = 200
 _ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 
-def _escape(char: str) -> str:
-    if char == "\\":
-        return "\\\\"
-    if unicodedata.category(char) not in _ESCAPED_CATEGORIES:
+def _escape(char: str, keep: str) -> str:
+    if unicodedata.category(char) not in _ESCAPED_CATEGORIES or char in keep:
         return char
     code = ord(char)
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def escape_controls(text: str, *, keep: str = "") -> str:
+    """`text` with every control, format (bidi, zero-width) and separator character shown as an
+    escape (`\\x1b`, `\\u202e`), except those in `keep`; nothing else changed, nothing cut. The
+    one definition of what terminal output, hook output and log lines must not carry as is."""
+    if text.isprintable():
+        return text
+    return "".join(_escape(char, keep) for char in text)
 
 
 def log_text(value: object, limit: int = LOG_TEXT_MAX_CHARS) -> str:
@@ -25,5 +33,15 @@ def log_text(value: object, limit: int = LOG_TEXT_MAX_CHARS) -> str:
     marker saying how much was cut."""
     text = value if isinstance(value, str) else str(value)
     cut = len(text) - limit
-    shown = "".join(_escape(char) for char in text[:limit])
+    # Backslashes doubled first, so an escape in the log always means a control character.
+    shown = escape_controls(text[:limit].replace("\\", "\\\\"))
     return f"{shown}...(+{cut} chars)" if cut > 0 else shown
+
+
+class SafeFormatter(logging.Formatter):
+    """Every log line's message is one line: control characters escaped whatever the caller
+    passed (a role name, a reason, a peer's error). Tracebacks, ours, keep their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
-# C0 and C1 controls, DEL, and the line/paragraph separators: a partner's text must never move
-# the operator's cursor, change colours or forge a line.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def escape_controls(text: str) -> str:
-    """Show every control character as a visible escape (`\\x1b`, `\\n`), nothing else changed."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+from s2_bridge.logsafe import escape_controls
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
