@@ -4,7 +4,7 @@ talks to the bridge with the runtime's own client (real MCP over TLS), the way a
   probe.py calls < PLAN.json       run tool calls, print one JSON line per call
   probe.py listen --credentials F --match TEXT --count N --deadline-s S
                                    long-poll wait_for_messages, print one JSON line per message
-  probe.py dump --credentials F [--match TEXT]
+  probe.py dump --credentials F [--side worker|coordinator|lead] [--url U] [--match TEXT]
                                    every message this side can read (after_id paging, no ack)
   probe.py tls-server --cert C --key K --port P --seconds S [--stop-file F]
                                    a TLS listener with any certificate (the impostor test)
@@ -258,7 +258,7 @@ def main() -> None:
     for name in ("listen", "dump"):
         p = sub.add_parser(name)
         p.add_argument("--credentials", required=True)
-        p.add_argument("--side", default="worker", choices=["worker", "coordinator"])
+        p.add_argument("--side", default="worker", choices=["worker", "coordinator", "lead"])
         p.add_argument("--url")
         p.add_argument("--ca")
         p.add_argument("--match", default=None if name == "dump" else "")

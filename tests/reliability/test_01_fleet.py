@@ -1,4 +1,5 @@
-"""Steps 1-5: install, conversations, task distribution, status updates, concurrent messages."""
+"""Steps 1-5: install, conversations, task distribution, status updates, concurrent messages
+(and a backup taken during them, restored and served by a second bridge)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,39 @@ import os
 import re
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import lab
 import pytest
 
 CONVERSATION_TASK = "s2.fleet.credentials : Create or rotate the worker's conversation on the bridge"
+
+# Step 5's backup check, on the orchestrator: the backup, then a second bridge's config and data
+# (restored from it) in a scratch directory; the second bridge runs as a transient systemd unit
+# with the orchestrator's own certificate on a free loopback port.
+BRIDGE_CONFIG = "/etc/s2-bridge/bridge.toml"
+TLS_DIR = "/etc/s2-bridge/tls"
+SCRATCH = "/root/s2-backup-check"
+SECOND_UNIT = "s2-backup-check"
+BACKUP_DELAY_S = 0.5  # after the burst's start: the backup's snapshot falls inside the burst
+FREE_PORT = "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"
+HEALTH_WAIT = """
+import ssl, sys, time, urllib.request
+context = ssl.create_default_context(cafile=sys.argv[2])
+for _ in range(150):
+    try:
+        with urllib.request.urlopen(sys.argv[1], timeout=2, context=context) as answer:
+            sys.exit(0 if answer.status == 200 else 1)
+    except OSError:
+        time.sleep(0.2)
+sys.exit(1)
+"""
+INTEGRITY = (
+    "import sqlite3, sys; db = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True); "
+    "print(db.execute('PRAGMA integrity_check').fetchone()[0])"
+)
 
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -129,8 +157,18 @@ def test_4_status_updates_are_visible_in_fleet_status(report, workers, ledger):
     report.figure("4", f"{5 * len(workers)} updates sent, {len(updates)} audited, fleet_status shows each last one")
 
 
-@pytest.mark.step(5, "80 concurrent messages: exactly once, in order")
-def test_5_concurrent_messages_are_delivered_exactly_once_in_order(report, workers, run_tag, ledger):
+@pytest.fixture
+def backup_scratch():
+    """Step 5's scratch directory on the orchestrator (root 0700); afterwards the second bridge is
+    stopped and the directory (the backup, the restored copy) removed, whatever the outcome."""
+    lab.check_in(lab.ORCHESTRATOR, "sh", "-c", 'rm -rf "$1" && install -d -m 0700 "$1"', "scratch", SCRATCH)
+    yield SCRATCH
+    lab.exec_in(lab.ORCHESTRATOR, "systemctl", "stop", f"{SECOND_UNIT}.service")
+    lab.exec_in(lab.ORCHESTRATOR, "rm", "-rf", SCRATCH)
+
+
+@pytest.mark.step(5, "80 concurrent messages: exactly once, in order; a backup mid-burst restored")
+def test_5_concurrent_messages_are_delivered_exactly_once_in_order(report, workers, run_tag, ledger, backup_scratch):
     per_worker = 10
     tag = f"{run_tag} burst"
     start_at = time.time() + 3.0  # every worker's sender is up by then
@@ -142,6 +180,10 @@ def test_5_concurrent_messages_are_delivered_exactly_once_in_order(report, worke
         ]
         plan = {"calls": calls}
         processes.append((worker, lab.start_calls(worker.host, plan, user=lab.AGENT)))
+    # `s2-bridge backup` inside the orchestrator while the burst runs
+    time.sleep(max(0.0, start_at + BACKUP_DELAY_S - time.time()))
+    argv = ["backup", "--config", BRIDGE_CONFIG, "--output", f"{backup_scratch}/bridge-backup.db"]
+    backup = lab.exec_in(lab.ORCHESTRATOR, lab.S2_BRIDGE, *argv, timeout=300)
     sent = {worker.worker_id: lab.finish_calls(process) for worker, process in processes}
     lost, duplicated, reordered = 0, 0, 0
     for worker in workers:
@@ -163,3 +205,80 @@ def test_5_concurrent_messages_are_delivered_exactly_once_in_order(report, worke
         f"{total} sent by {len(workers)} workers at once in {last - first:.2f} s; "
         f"lost {lost}, duplicated {duplicated}, out of order {reordered}",
     )
+    texts = {
+        r["result"]["message_id"]: f"{tag} w{worker.worker_id} #{r['index']}"
+        for worker in workers
+        for r in sent[worker.worker_id]
+    }
+    report.figure("5", check_backup_mid_burst(backup, sent, texts, tag))
+
+
+def check_backup_mid_burst(backup, sent: dict[str, list[dict[str, Any]]], texts: dict[int, str], tag: str) -> str:
+    """The backup taken during the burst holds every send acknowledged before its snapshot began:
+    restored into a scratch data directory, a second bridge serves each of them exactly once (the
+    lead's inbox sees every worker's message), and the restored file passes integrity_check."""
+    assert backup.returncode == 0, f"backup exited {backup.returncode}: {backup.stderr.strip()[-2000:]}"
+    made = lab.json_lines(backup.stdout)[-1]
+    assert made["integrity_check"] == "ok", made
+    snapshot_at = datetime.fromisoformat(made["snapshot_at"]).timestamp()
+    records = [r for records in sent.values() for r in records]
+    before = {r["result"]["message_id"] for r in records if r["t1"] < snapshot_at}
+    started_after = sum(r["t0"] > snapshot_at for r in records)
+    restored, served, integrity = serve_restored_copy(made["path"], tag)
+    assert (restored["messages"], restored["kept"]) == (made["messages"], []), restored
+    counts = Counter(m["id"] for m in served)
+    missing = sorted(i for i in before if counts[i] != 1)
+    assert not missing, f"acknowledged before the backup's snapshot but not served once by the restored copy: {missing}"
+    assert max(counts.values(), default=1) == 1, f"served twice: {[i for i, n in counts.items() if n > 1]}"
+    assert set(counts) <= set(texts), f"served but never sent: {sorted(set(counts) - set(texts))}"
+    assert all(m["message"] == texts[m["id"]] for m in served)
+    assert integrity == "ok", integrity
+    return (
+        f"backup inside the orchestrator mid-burst: {made['seconds']:.2f} s, {made['bytes'] / 1e6:.1f} MB, "
+        f"{made['messages']} messages; {len(before)} of {len(records)} burst sends acknowledged before its "
+        f"snapshot ({started_after} started after it), {len(counts)} in it; restored into a second bridge: all "
+        f"{len(before)} served by it exactly once, integrity_check {integrity}"
+    )
+
+
+def serve_restored_copy(backup_file: str, tag: str) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    """`s2-bridge restore` of the backup into the scratch directory, a second bridge on it, and the
+    burst's messages as the lead reads them there; then that bridge is stopped and the restored
+    file checked."""
+    orchestrator = lab.ORCHESTRATOR
+    port = lab.check_in(orchestrator, lab.VENV_PYTHON, "-c", FREE_PORT).strip()
+    config = f"{SCRATCH}/bridge.toml"
+    lab.write_file(
+        orchestrator,
+        config,
+        f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
+        f'[tls]\ncert_file = "{TLS_DIR}/server.crt"\nkey_file = "{TLS_DIR}/server.key"\n'
+        f'[storage]\npath = "{SCRATCH}/data/bridge.db"\n'
+        f'[auth]\nadmin_token_file = "{SCRATCH}/data/admin.token"\n',
+    )
+    out = lab.check_in(orchestrator, lab.S2_BRIDGE, "restore", "--config", config, "--from", backup_file)
+    restored = lab.json_lines(out)[-1]
+    lab.exec_in(orchestrator, "systemctl", "stop", f"{SECOND_UNIT}.service")  # a leftover of an aborted run
+    lab.check_in(
+        orchestrator,
+        "systemd-run",
+        "--unit",
+        SECOND_UNIT,
+        "--collect",
+        "--quiet",
+        lab.S2_BRIDGE,
+        "serve",
+        "--config",
+        config,
+    )
+    url = f"https://127.0.0.1:{port}"
+    up = lab.exec_in(orchestrator, lab.VENV_PYTHON, "-c", HEALTH_WAIT, f"{url}/healthz", lab.ORCH_CA, timeout=90)
+    if up.returncode != 0:
+        journal = lab.exec_in(orchestrator, "journalctl", "-u", SECOND_UNIT, "--no-pager", "-o", "cat").stdout
+        raise AssertionError(f"the second bridge did not answer on {url}/healthz: {journal.strip()[-2000:]}")
+    argv = [lab.VENV_PYTHON, lab.PROBE, "dump", "--credentials", lab.LEAD_CREDENTIALS, "--side", "lead"]
+    argv += ["--url", f"{url}/mcp", "--ca", lab.ORCH_CA, "--match", f"{tag} w"]
+    served = lab.count_retries(lab.json_lines(lab.check_in(orchestrator, *argv)))[0]["messages"]
+    lab.check_in(orchestrator, "systemctl", "stop", f"{SECOND_UNIT}.service")
+    integrity = lab.check_in(orchestrator, lab.VENV_PYTHON, "-c", INTEGRITY, f"{SCRATCH}/data/bridge.db").strip()
+    return restored, served, integrity
