@@ -377,3 +377,22 @@ def raw_tool_call(token: str, name: str, arguments: dict[str, Any], client_name:
         "mcp-name": name,
     }
     return {"content": json.dumps(body, allow_nan=False), "headers": headers}
+
+
+async def raw_call(bridge: Bridge, token: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """tools/call as raw JSON (so a lone surrogate or a 2**63 reaches the server as sent)."""
+    async with httpx2.AsyncClient(verify=bridge.ssl_context(), timeout=90) as http:
+        response = await http.post(bridge.url, **raw_tool_call(token, name, arguments, "hostile"))
+    assert response.status_code == 200, response.text[:500]
+    result = response.json()["result"]
+    if result["isError"]:
+        return json.loads(result["content"][0]["text"])
+    return dict(result["structuredContent"])
+
+
+async def heartbeat(bridge: Bridge, token: str) -> int:
+    async with httpx2.AsyncClient(verify=bridge.ssl_context(), timeout=10.0) as http:
+        response = await http.post(
+            f"{bridge.base_url}/v1/heartbeat", json={}, headers={"Authorization": f"Bearer {token}"}
+        )
+    return response.status_code

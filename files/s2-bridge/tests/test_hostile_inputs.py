@@ -7,27 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
-from conftest import PKI, Bridge, call, connect, create_conversation, raw_tool_call
+from conftest import PKI, Bridge, call, connect, create_conversation, issue_lead, raw_call
 from s2_bridge.check_messages import message_line
 from s2_bridge.status import fleet_table
 
 pytestmark = pytest.mark.anyio
-
-
-async def raw_call(bridge: Bridge, token: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    """tools/call as raw JSON (so a lone surrogate or a 2**63 reaches the server as sent)."""
-    async with httpx2.AsyncClient(verify=bridge.ssl_context(), timeout=90) as http:
-        response = await http.post(bridge.url, **raw_tool_call(token, name, arguments, "hostile"))
-    assert response.status_code == 200, response.text[:500]
-    result = response.json()["result"]
-    if result["isError"]:
-        return json.loads(result["content"][0]["text"])
-    return dict(result["structuredContent"])
 
 
 EDGE_INTS = [2**63, -(2**63) - 1, 2**70]
@@ -167,3 +157,79 @@ def test_terminal_output_escapes_control_characters() -> None:
     table = fleet_table({"workers": [{"worker_id": "3", "worker_role": "w-3\r\nFAKE ROW\x1b[31m", "health": "ok"}]})
     assert len(table.splitlines()) == 2, table
     assert "\x1b" not in table and "\r" not in table
+
+
+async def test_revoke_twice_is_idempotent(bridge: Bridge) -> None:
+    created = await create_conversation(bridge, "3")
+    conversation_id = created["conversation_id"]
+
+    def stored() -> list[tuple[Any, ...]]:
+        with sqlite3.connect(bridge.db_path) as db:
+            return db.execute(
+                "SELECT 'conversation', revoked_at FROM conversations WHERE id=? UNION ALL"
+                " SELECT kind, revoked_at FROM tokens WHERE conversation_id=? ORDER BY 1",
+                (conversation_id, conversation_id),
+            ).fetchall()
+
+    async with connect(bridge, bridge.admin_token) as admin:
+        first = await call(admin, "revoke_conversation", conversation_id=conversation_id)
+        after_first = stored()
+        await asyncio.sleep(1.1)  # a second revocation would carry a later time, even in whole seconds
+        second = await call(admin, "revoke_conversation", conversation_id=conversation_id)
+    assert "error" not in first, first
+    assert second == first  # the first revocation's time, not a new one
+    assert stored() == after_first and all(at is not None for _, at in after_first), after_first
+    with sqlite3.connect(bridge.db_path) as db:
+        rows = db.execute(
+            "SELECT COUNT(*) FROM audit_log WHERE action='conversation.revoke' AND target=?", (conversation_id,)
+        ).fetchone()[0]
+    assert rows == 1
+
+
+async def test_expired_conversation_is_not_live(bridge: Bridge) -> None:
+    three = await create_conversation(bridge, "3")
+    four = await create_conversation(bridge, "4", role="docs")
+    lead = await issue_lead(bridge)
+    for created in (three, four):  # both healthy: "any" would pick 3 (the lowest id) were it live
+        async with connect(bridge, created["worker_token"]) as worker:
+            assert (await call(worker, "heartbeat"))["ok"] is True
+    old = three["conversation_id"]
+    with sqlite3.connect(bridge.db_path) as db:  # worker 3's conversation expires, as time would do it
+        db.execute("UPDATE conversations SET expires_at=? WHERE id=?", (time.time() - 1, old))
+        db.execute("UPDATE tokens SET expires_at=? WHERE conversation_id=?", (time.time() - 1, old))
+    async with connect(bridge, lead["lead_token"]) as client:
+        by_id = await call(client, "assign_task", title="for 3", worker_id="3")
+        by_role = await call(client, "assign_task", title="for 3", worker_id="worker-3-tests")
+        message = await call(client, "send_to_partner", to="3", message="for 3")
+        everyone = await call(client, "send_to_partner", to="all", message="to every live worker")
+        anyone = await call(client, "assign_task", title="for any", worker_id="any")
+        fleet = await call(client, "fleet_status")
+    for refused, field in ((by_id, "worker_id"), (by_role, "worker_id"), (message, "to")):
+        error = refused.get("error", {})
+        assert error.get("code") == "worker_expired" and error["field"] == field, refused
+        assert "worker '3'" in error["message"] and "expired" in error["message"], error
+        assert "rotate its credentials" in error["fix"] and old in error["fix"], error
+    assert everyone["recipients"] == ["4"], everyone
+    assert anyone["worker_id"] == "4", anyone
+    assert {w["worker_id"]: w["health"] for w in fleet["workers"]} == {"3": "silent", "4": "healthy"}, fleet
+    with sqlite3.connect(bridge.db_path) as db:
+        assert db.execute("SELECT worker_id, title FROM tasks").fetchall() == [("4", "for any")]
+        assert db.execute("SELECT COUNT(*) FROM messages WHERE to_worker='3'").fetchone()[0] == 0
+
+    # A new conversation for worker 3: the expired one gives way, revoked in the same transaction.
+    renewed = await create_conversation(bridge, "3")
+    assert renewed["conversation_id"] != old
+    with sqlite3.connect(bridge.db_path) as db:
+        assert db.execute("SELECT revoked_at IS NOT NULL FROM conversations WHERE id=?", (old,)).fetchone() == (1,)
+        audit = db.execute(
+            "SELECT action, target, detail FROM audit_log WHERE action LIKE 'conversation.%' AND id >"
+            " (SELECT MAX(id) FROM audit_log WHERE action='lead.rotate') ORDER BY id"
+        ).fetchall()
+    assert [(action, target) for action, target, _ in audit] == [
+        ("conversation.revoke", old),
+        ("conversation.create", renewed["conversation_id"]),
+    ]
+    assert json.loads(audit[0][2]) == {"reason": "expired", "worker_id": "3"}
+    assert json.loads(audit[1][2])["replaces"] == old
+    async with connect(bridge, renewed["worker_token"]) as worker:
+        assert (await call(worker, "heartbeat"))["ok"] is True

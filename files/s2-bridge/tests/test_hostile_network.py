@@ -5,6 +5,7 @@ loopback, an exposed admin token, the data directory's mode and the /mcp/ redire
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import ssl
 import stat
@@ -17,12 +18,12 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
-from conftest import PKI, Bridge, create_conversation, worker_file
+from conftest import PKI, Bridge, create_conversation, heartbeat, worker_file
 from s2_bridge import exitcodes, lean_http
 from s2_bridge.client import BridgeClient
 from s2_bridge.credentials import load_credentials
 from s2_bridge.errors import ConfigError
-from s2_bridge.logsafe import log_text
+from s2_bridge.logsafe import SafeFormatter, log_text
 from s2_bridge.loopback import is_loopback_host
 
 pytestmark = pytest.mark.anyio
@@ -68,14 +69,6 @@ async def closed_within(reader: asyncio.StreamReader, seconds: float) -> float:
         except (ConnectionError, ssl.SSLError, OSError):
             pass
     return time.monotonic() - start
-
-
-async def heartbeat(bridge: Bridge, token: str) -> int:
-    async with httpx2.AsyncClient(verify=bridge.ssl_context(), timeout=10.0) as http:
-        response = await http.post(
-            f"{bridge.base_url}/v1/heartbeat", json={}, headers={"Authorization": f"Bearer {token}"}
-        )
-    return response.status_code
 
 
 # --- item 1: connection cap and timeouts ------------------------------------------------------
@@ -145,11 +138,13 @@ async def test_at_the_cap_with_every_connection_busy_a_new_one_gets_503(tmp_path
     """Busy connections (parked waits) are never evicted; a new one past the cap is refused."""
     bridge = limited_bridge(tmp_path, pki, max_connections=3)
     try:
+        created = await create_conversation(bridge, "3")
+        auth = f"Authorization: Bearer {created['worker_token']}\r\n".encode()
         context = client_context(bridge)
         held = []
-        for _ in range(3):  # heads complete, bodies never sent: busy, not evictable
+        for _ in range(3):  # authenticated heads, bodies still to come: busy, not evictable
             reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port, ssl=context)
-            writer.write(b"POST /v1/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            writer.write(b"POST /v1/heartbeat HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: 100\r\n\r\n")
             await writer.drain()
             held.append((reader, writer))
         await asyncio.sleep(0.3)
@@ -160,6 +155,52 @@ async def test_at_the_cap_with_every_connection_busy_a_new_one_gets_503(tmp_path
         writer.close()
         for _, held_writer in held:
             held_writer.close()
+    finally:
+        bridge.stop()
+
+
+async def test_idle_keep_alive_connections_are_evicted_at_the_cap(tmp_path: Path, pki: PKI) -> None:
+    """A connection idle between requests (an unauthenticated GET, then nothing) holds no slot
+    a real client needs: at the cap it is dropped for the newcomer, oldest first."""
+    bridge = limited_bridge(tmp_path, pki, max_connections=3)
+    try:
+        created = await create_conversation(bridge, "3")
+        context = client_context(bridge)
+        idle = []
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port, ssl=context)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            with anyio.fail_after(5):
+                assert (await reader.read(4096)).startswith(b"HTTP/1.1 200")
+            idle.append((reader, writer))
+        await asyncio.sleep(0.2)
+        assert await heartbeat(bridge, created["worker_token"]) == 200
+        assert await closed_within(idle[0][0], 5) < 5  # the oldest idle one went
+        for _, writer in idle:
+            writer.close()
+    finally:
+        bridge.stop()
+
+
+async def test_a_request_body_that_never_arrives_is_dropped_after_the_body_timeout(tmp_path: Path, pki: PKI) -> None:
+    """A complete head announcing a body that never comes (with or without a token) does not
+    hold the connection beyond [server] body_timeout_s."""
+    bridge = limited_bridge(tmp_path, pki, max_connections=4, body_timeout_s=2)
+    try:
+        created = await create_conversation(bridge, "3")
+        context = client_context(bridge)
+        held = []
+        for auth in (b"", f"Authorization: Bearer {created['worker_token']}\r\n".encode()):
+            reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port, ssl=context)
+            writer.write(b"POST /v1/heartbeat HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: 100\r\n\r\n{")
+            await writer.drain()
+            held.append((reader, writer))
+        waits = await asyncio.gather(*(closed_within(reader, 8) for reader, _ in held))
+        assert max(waits) < 8
+        assert await heartbeat(bridge, created["worker_token"]) == 200
+        for _, writer in held:
+            writer.close()
     finally:
         bridge.stop()
 
@@ -189,6 +230,16 @@ async def test_forged_x_forwarded_for_neither_bypasses_the_limit_nor_reaches_aud
 
 
 # --- item 5: log injection --------------------------------------------------------------------
+
+
+def test_every_log_line_is_one_line_whatever_the_message_carries() -> None:
+    """The formatter the command installs escapes controls in any message (a role name, a peer's
+    error), not only where log_text was called."""
+    record = logging.LogRecord(
+        "s2_bridge.x", logging.WARNING, __file__, 1, "worker %s: %s", ("w\rFAKE", "a\nb\x1b[2J"), None
+    )
+    line = SafeFormatter("%(levelname)s %(name)s: %(message)s").format(record)
+    assert line == "WARNING s2_bridge.x: worker w\\x0dFAKE: a\\x0ab\\x1b[2J"
 
 
 def test_log_text_escapes_controls_and_caps_length() -> None:

@@ -13,6 +13,7 @@ import pytest
 from conftest import Bridge, call, connect, create_conversation, issue_lead
 from s2_bridge.permissions import TOOL_CALLERS, tools_for
 from s2_bridge.store import SQLiteStore
+from s2_bridge.store.sqlite import SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
 
@@ -276,7 +277,7 @@ def test_a_schema_1_database_is_migrated_with_its_messages(tmp_path, pki) -> Non
         assert [(m.message, m.to_worker) for m in to_worker] == [("to the worker", "4")]
         assert [(m.message, m.from_worker) for m in to_coordinator] == [("to the lead", "4")]
         assert [m.message for m in to_lead] == ["to the lead"]
-        assert store._db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         store.close()

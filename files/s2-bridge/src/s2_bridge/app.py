@@ -9,6 +9,7 @@ Routes:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -25,6 +26,7 @@ from s2_bridge.errors import BridgeError
 from s2_bridge.logsafe import log_text
 from s2_bridge.models import AgentStatus
 from s2_bridge.ratelimit import CallerLimiter, FailureLimiter
+from s2_bridge.retention import Retention
 from s2_bridge.service import BridgeService
 from s2_bridge.tools import CALLER_KEY, build_mcp
 
@@ -88,6 +90,7 @@ class BridgeApp:
         limits = service.limits
         self.callers = CallerLimiter(limits.calls_per_s, limits.calls_burst)
         self.failures = FailureLimiter(limits.auth_failures_per_min)
+        self.retention = Retention(service.store, service.config.retention, service.clock)
         self.mcp = build_mcp(service)
         # Bearer tokens already defeat DNS rebinding (a browser cannot attach them), and the
         # bridge is reached by name and address from other machines.
@@ -100,7 +103,14 @@ class BridgeApp:
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
         async with self.mcp.session_manager.run():
-            yield
+            # retention sweeps in the background, a transaction at a time (retention.py)
+            sweeper = asyncio.create_task(self.retention.run_forever(), name="s2-retention")
+            try:
+                yield
+            finally:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from s2_bridge import __version__, exitcodes
 from s2_bridge.errors import ConfigError
+from s2_bridge.logsafe import SafeFormatter
 
 # subcommand -> module whose run(args) -> int implements it
 COMMANDS = {
@@ -26,6 +27,8 @@ COMMANDS = {
     "hook": "s2_bridge.hook",
     "codex-trust-hooks": "s2_bridge.codex_trust",
     "admin": "s2_bridge.admin",
+    "backup": "s2_bridge.backup",
+    "restore": "s2_bridge.restore",
 }
 
 
@@ -75,7 +78,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         importlib.import_module(COMMANDS[command]).add_arguments(trust)
 
     _add_admin(sub)
+    _add_backup(sub)
     return parser
+
+
+def _add_backup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    backup = sub.add_parser("backup", help="copy the bridge's database while it serves (one consistent snapshot)")
+    backup.add_argument("--config", required=True, help="bridge config file (TOML): the database is storage.path")
+    backup.add_argument("--output", required=True, help="the backup file to write (0600)")
+    backup.add_argument("--force", action="store_true", help="replace --output if it exists")
+    restore = sub.add_parser("restore", help="replace the bridge's database with a backup (the bridge stopped)")
+    restore.add_argument("--config", required=True, help="bridge config file (TOML): the database is storage.path")
+    restore.add_argument("--from", dest="source", required=True, metavar="FILE", help="the backup file")
 
 
 def _add_admin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -130,7 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.code == exitcodes.USAGE and _subcommand(words) == "hook":
             return exitcodes.UNEXPECTED
         raise
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level, handlers=[handler])
     # httpx2 logs every request URL at INFO; keep the journal to our own lines.
     for noisy in ("httpx2", "httpcore2", "mcp", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

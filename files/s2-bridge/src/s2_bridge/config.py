@@ -26,6 +26,7 @@ class ServerSection:
     port: int = 8443
     max_connections: int = 4096  # open connections; at the cap the oldest idle/incomplete one is dropped
     header_timeout_s: float = 10.0  # a complete request head must arrive within this
+    body_timeout_s: float = 30.0  # a request body must arrive within this of its head
     keepalive_timeout_s: float = 75.0  # idle keep-alive (daemons keep one connection between heartbeats)
     tls_handshake_timeout_s: float = 10.0  # a TLS handshake must finish within this
     # addresses whose X-Forwarded-For / X-Forwarded-Proto are believed; empty = none (the default)
@@ -77,6 +78,17 @@ class LimitsSection:
     calls_burst: int = 60
     auth_failures_per_min: int = 30
     parked_waits_per_caller: int = 4  # wait_for_messages parked at once per token
+    # bytes (body + files JSON, UTF-8) of the messages one sender still has stored, read or not
+    stored_bytes_per_sender: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RetentionSection:
+    read_messages_days: float = 7.0  # a message its recipients have read goes after this
+    unread_messages_days: float = 30.0  # any message goes after this, read or not
+    audit_days: float = 365.0  # audit rows go after this
+    sweep_interval_s: float = 300.0  # time between sweeps
+    sweep_batch: int = 500  # rows looked at per transaction of a sweep
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,7 @@ class BridgeConfig:
     health: HealthSection = field(default_factory=HealthSection)
     fleet: FleetSection = field(default_factory=FleetSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    retention: RetentionSection = field(default_factory=RetentionSection)
 
 
 @dataclass(frozen=True)
@@ -174,6 +187,7 @@ def load_bridge_config(path: str) -> BridgeConfig:
         "health": HealthSection,
         "fleet": FleetSection,
         "limits": LimitsSection,
+        "retention": RetentionSection,
     }
     built: dict[str, Any] = {}
     for name, value in data.items():
@@ -202,7 +216,13 @@ def _validate_bridge(config: BridgeConfig) -> None:
         )
     if config.storage.backend != "sqlite":
         raise ConfigError(path, "storage.backend", f"{config.storage.backend!r} is not supported", 'use "sqlite"')
-    for key in ("max_connections", "header_timeout_s", "keepalive_timeout_s", "tls_handshake_timeout_s"):
+    for key in (
+        "max_connections",
+        "header_timeout_s",
+        "body_timeout_s",
+        "keepalive_timeout_s",
+        "tls_handshake_timeout_s",
+    ):
         _positive(path, f"server.{key}", getattr(config.server, key))
     for proxy in config.server.trusted_proxies:
         try:
@@ -219,6 +239,7 @@ def _validate_bridge(config: BridgeConfig) -> None:
         "file_name_max_chars",
         "calls_per_s",
         "calls_burst",
+        "stored_bytes_per_sender",
     ):
         _positive(path, f"limits.{key}", getattr(config.limits, key))
     _positive(path, "limits.auth_failures_per_min", config.limits.auth_failures_per_min)
@@ -228,6 +249,45 @@ def _validate_bridge(config: BridgeConfig) -> None:
             "limits.parked_waits_per_caller",
             f"{config.limits.parked_waits_per_caller} is out of range",
             "use 1 to 1000",
+        )
+    _validate_retention(path, config.retention)
+
+
+RETENTION_DAYS_MAX = 36_500.0  # a century: longer is "keep forever" in all but name
+SWEEP_INTERVAL_MAX_S = 86_400.0
+SWEEP_BATCH_MAX = 100_000
+
+
+def _validate_retention(path: str, retention: RetentionSection) -> None:
+    for key in ("read_messages_days", "unread_messages_days", "audit_days"):
+        value = getattr(retention, key)
+        _positive(path, f"retention.{key}", value)
+        if value > RETENTION_DAYS_MAX:
+            raise ConfigError(
+                path,
+                f"retention.{key}",
+                f"{value:g} days is out of range",
+                f"use more than 0 up to {RETENTION_DAYS_MAX:g}",
+            )
+    if retention.read_messages_days > retention.unread_messages_days:
+        raise ConfigError(
+            path,
+            "retention.read_messages_days",
+            f"{retention.read_messages_days:g} is longer than retention.unread_messages_days"
+            f" ({retention.unread_messages_days:g}), which deletes every message at that age, read or not",
+            "set read_messages_days to at most unread_messages_days",
+        )
+    _positive(path, "retention.sweep_interval_s", retention.sweep_interval_s)
+    if retention.sweep_interval_s > SWEEP_INTERVAL_MAX_S:
+        raise ConfigError(
+            path,
+            "retention.sweep_interval_s",
+            f"{retention.sweep_interval_s:g} is out of range",
+            f"use more than 0 up to {SWEEP_INTERVAL_MAX_S:g} seconds",
+        )
+    if not 1 <= retention.sweep_batch <= SWEEP_BATCH_MAX:
+        raise ConfigError(
+            path, "retention.sweep_batch", f"{retention.sweep_batch} is out of range", f"use 1 to {SWEEP_BATCH_MAX}"
         )
 
 

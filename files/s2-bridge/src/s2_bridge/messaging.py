@@ -27,7 +27,14 @@ from s2_bridge.models import (
 )
 from s2_bridge.redact import redact_list, redact_text
 from s2_bridge.service_core import LEAD_KEY, ServiceCore, check_edges
-from s2_bridge.store.base import MessageDraft
+from s2_bridge.store.base import (
+    ADMIN_SENDER,
+    LEAD_SENDER,
+    MessageDraft,
+    coordinator_sender,
+    stored_size,
+    worker_sender,
+)
 
 CHECK_LIMIT_MAX = 200
 UPDATES_LIMIT_MAX = 50
@@ -38,10 +45,55 @@ WAIT_MAX_S = 50.0
 # Long polls one token may have parked at once; past it, too_many_waits.
 
 
+def sender_of(caller: Caller) -> str:
+    """Whose quota ([limits] stored_bytes_per_sender) what the caller sends counts against."""
+    if caller.kind == "lead":
+        return LEAD_SENDER
+    if caller.kind == "admin" or caller.conversation is None:
+        return ADMIN_SENDER
+    if caller.kind == "worker":
+        return worker_sender(caller.conversation.worker_id)
+    return coordinator_sender(caller.conversation.conversation_id)
+
+
+def _sender_name(sender: str) -> str:
+    kind, _, key = sender.partition(":")
+    if kind == "worker":
+        return f"worker {key!r}"
+    if kind == "coordinator":
+        return f"the coordinator side of {key}"
+    return f"the {sender}"
+
+
 class Messaging(ServiceCore):
     # storing and waking
-    def _deliver(self, drafts: list[MessageDraft]) -> list[int]:
-        """Store messages (validated, redacted) inside the caller's transaction; wake readers."""
+    def _check_quota(self, drafts: list[MessageDraft], field: str) -> None:
+        """Refuse a send that would take its sender past [limits] stored_bytes_per_sender. Every
+        copy of a broadcast counts; the whole send is refused, so nothing is stored."""
+        senders = {draft.sender for draft in drafts}
+        for sender in senders - {ADMIN_SENDER}:  # the operator's own assignments are never refused
+            adding = sum(stored_size(d.body, d.files) for d in drafts if d.sender == sender)
+            stored = self.store.stored_bytes(sender)
+            cap = self.limits.stored_bytes_per_sender
+            if stored + adding <= cap:
+                continue
+            retention = self.config.retention
+            copies = sum(1 for d in drafts if d.sender == sender)
+            raise BridgeError(
+                "quota_exceeded",
+                f"{_sender_name(sender)} has {stored:,} bytes of messages stored; this send adds {adding:,}"
+                f" ({copies} cop{'y' if copies == 1 else 'ies'}), over the cap of {cap:,} bytes per sender",
+                field=field,
+                fix="wait until the recipients read their messages and retention removes them (read messages"
+                f" after {retention.read_messages_days:g} days, any message after {retention.unread_messages_days:g}"
+                f" days, swept every {retention.sweep_interval_s:g} s), send less, or have the operator raise"
+                " [limits] stored_bytes_per_sender (role variable mcp_bridge_limits.stored_bytes_per_sender)",
+            )
+
+    def _deliver(self, drafts: list[MessageDraft], field: str = "message") -> list[int]:
+        """Store messages (validated, redacted) inside the caller's transaction; wake readers.
+        Past the sender's quota nothing is stored (quota_exceeded, naming `field`)."""
+        self._check_quota(drafts, field)
         now = self.clock()
         ids = [self.store.add_message(draft, now) for draft in drafts]
         for draft in drafts:
@@ -86,6 +138,7 @@ class Messaging(ServiceCore):
             body=body,
             files=files,
             reply_to=reply_to,
+            sender=sender_of(caller),
         )
 
     def post_from(self, caller: Caller, target_conversation_id: str, action_type: str, body: str) -> int:
@@ -105,8 +158,9 @@ class Messaging(ServiceCore):
             body=body,
             files=[],
             reply_to=None,
+            sender=sender_of(caller),
         )
-        return self._deliver([draft])[0]
+        return self._deliver([draft], field="detail")[0]
 
     # sending
     def _check_body(self, message: str, files_involved: list[str]) -> None:
@@ -156,7 +210,7 @@ class Messaging(ServiceCore):
             self._require_side(caller)
         self._check_body(message, files_involved)
         original = None if reply_to is None else self._visible_message(caller, reply_to)
-        recipients = routing.resolve(self.store, caller, to, original, self.config.fleet.messaging)
+        recipients = routing.resolve(self.store, caller, to, original, self.config.fleet.messaging, self.clock())
         body, body_redactions = redact_text(message)
         files, file_redactions = redact_list(list(files_involved))
         redactions = body_redactions + file_redactions
@@ -246,6 +300,8 @@ class Messaging(ServiceCore):
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), max(0.0, deadline - loop.time()))
+            if event.is_set():  # woken by a message, maybe with 1,000 others: wait for a turn
+                await self.signals.turns.turn()
             # The token may have been rotated or revoked while this call was parked.
             refused = self.still_authenticated(caller)
             if refused is not None:
@@ -255,12 +311,18 @@ class Messaging(ServiceCore):
                     fix="reread your credentials file (a rotation writes new tokens) and call again",
                 )
             fresh = self.signals.event(key, box)
-            messages = self.signals.shared_read(
-                event, (key, box, after), lambda: self.store.messages_for(key, box, after, CHECK_LIMIT_MAX)
-            )
-            if messages or deadline - loop.time() <= 0:
-                return WaitResult(messages=messages, timed_out=not messages)
+            # Every reader woken by the same message and asking the same gets the same result
+            # object: the store is read and the answer built once (tools.py encodes it once).
+            found = self.signals.shared_read(event, (key, box, after), lambda: self._found(key, box, after))
+            if found is not None:
+                return found
+            if deadline - loop.time() <= 0:
+                return WaitResult(messages=[], timed_out=True)
             event = fresh
+
+    def _found(self, key: str, box: Box, after: int) -> WaitResult | None:
+        messages = self.store.messages_for(key, box, after, CHECK_LIMIT_MAX)
+        return WaitResult(messages=messages, timed_out=False) if messages else None
 
     def updates(self, caller: Caller, after: int | None, limit: int) -> Updates:
         """What the hook command shows: messages after `after` (default: the read cursor)."""

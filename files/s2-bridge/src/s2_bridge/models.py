@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 Side = Literal["coordinator", "worker"]
 # Whose inbox: a conversation's worker or coordinator side, or the lead's (the whole fleet).
@@ -31,6 +31,12 @@ def health_of(heartbeat_age_s: float | None, silent_after_s: float) -> Health:
     if heartbeat_age_s is None:
         return "never_seen"
     return "silent" if heartbeat_age_s > silent_after_s else "healthy"
+
+
+def is_expired(expires_at: float | None, now: float) -> bool:
+    """A token or conversation is expired from its expires_at on (None: never expires). The
+    stores' SQL keeps the same rule: live means expires_at > now."""
+    return expires_at is not None and expires_at <= now
 
 
 def iso(ts: float | None) -> str | None:
@@ -119,6 +125,9 @@ class Inbox(BaseModel):
 class WaitResult(BaseModel):
     messages: list[Message]
     timed_out: bool
+    # The MCP layer's encoded answer (tools.py). Readers woken by one message are handed the
+    # same WaitResult, so they share one encoding too.
+    _encoded: Any = PrivateAttr(default=None)
 
 
 class StatusUpdate(BaseModel):

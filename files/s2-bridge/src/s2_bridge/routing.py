@@ -31,15 +31,35 @@ class Recipient:
         return LEAD if self.conversation is None else self.conversation.worker_id
 
 
-def find_worker(store: Store, name: str, field: str) -> Conversation:
-    """A live worker by id or by role name."""
-    conversation = store.live_conversation_of_worker(name)
+def find_worker(store: Store, name: str, field: str, now: float) -> Conversation:
+    """A live worker by id or by role name. One whose conversation expired (not revoked) is
+    refused with worker_expired: its tokens are refused too, until it is rotated."""
+    conversation = store.live_conversation_of_worker(name, now)
     if conversation is not None:
         return conversation
-    for candidate in store.list_conversations(include_revoked=False):
+    unrevoked = store.list_conversations(include_revoked=False)
+    for candidate in unrevoked:
         if candidate.worker_role == name:
-            return candidate
+            live = store.live_conversation_of_worker(candidate.worker_id, now)
+            if live is not None:
+                return live
+    for worker_id in [name, *(c.worker_id for c in unrevoked if c.worker_role == name)]:
+        expired = store.expired_conversation_of_worker(worker_id, now)
+        if expired is not None:
+            raise worker_expired(expired, field)
     raise not_found(field, f"no live worker with id or role {name!r}")
+
+
+def worker_expired(conversation: Conversation, field: str) -> BridgeError:
+    return BridgeError(
+        "worker_expired",
+        f"worker {conversation.worker_id!r} ({conversation.worker_role}) has expired credentials"
+        f" (conversation {conversation.conversation_id} expired at {conversation.expires_at}): it cannot read"
+        " messages or work on tasks",
+        field=field,
+        fix=f"rotate its credentials (s2-bridge admin rotate-conversation --conversation-id"
+        f" {conversation.conversation_id}, or playbooks/rotate-credentials.yml), then try again",
+    )
 
 
 def can_see(caller: Caller, message: Message) -> bool:
@@ -76,17 +96,18 @@ def resolve(
     to: str | list[str] | None,
     original: Message | None,
     messaging: str,
+    now: float,
 ) -> list[Recipient]:
     """The recipients of one send, or a BridgeError naming `to` and the rule."""
     if to is None:
         to = _default_target(caller, original)
     if isinstance(to, list) or to == ALL:
-        return _broadcast(store, caller, to)
+        return _broadcast(store, caller, to, now)
     if caller.kind == "worker":
-        return [_worker_target(store, caller, to, messaging)]
+        return [_worker_target(store, caller, to, messaging, now)]
     if to == LEAD:
         raise invalid("to", "you are the lead side: a message to the lead needs a worker token", TO_FIX)
-    target = find_worker(store, to, "to")
+    target = find_worker(store, to, "to", now)
     if caller.kind == "coordinator" and caller.conversation and target.worker_id != caller.conversation.worker_id:
         raise forbidden(
             f"this coordinator token reaches worker {caller.conversation.worker_id!r} only",
@@ -106,15 +127,19 @@ def _default_target(caller: Caller, original: Message | None) -> str:
     raise invalid("to", "the lead must say who the message is for", TO_FIX)
 
 
-def _broadcast(store: Store, caller: Caller, to: str | list[str]) -> list[Recipient]:
+def _broadcast(store: Store, caller: Caller, to: str | list[str], now: float) -> list[Recipient]:
     if caller.kind != "lead":
         raise forbidden(
             "only the lead can broadcast",
             "send to one recipient, or ask the lead to broadcast",
             field="to",
         )
-    if to == ALL:
-        targets = store.list_conversations(include_revoked=False)
+    if to == ALL:  # every live worker: an expired one is left out
+        targets = [
+            live
+            for c in store.list_conversations(include_revoked=False)
+            if (live := store.live_conversation_of_worker(c.worker_id, now)) is not None
+        ]
         if not targets:
             raise not_found("to", "the fleet has no live worker")
         return [Recipient(c) for c in targets]
@@ -122,12 +147,12 @@ def _broadcast(store: Store, caller: Caller, to: str | list[str]) -> list[Recipi
         raise invalid("to", "the list of recipients is empty", TO_FIX)
     seen: dict[str, Recipient] = {}
     for index, name in enumerate(to):
-        target = find_worker(store, name, f"to[{index}]")
+        target = find_worker(store, name, f"to[{index}]", now)
         seen.setdefault(target.worker_id, Recipient(target))
     return list(seen.values())
 
 
-def _worker_target(store: Store, caller: Caller, to: str, messaging: str) -> Recipient:
+def _worker_target(store: Store, caller: Caller, to: str, messaging: str, now: float) -> Recipient:
     assert caller.conversation is not None
     if to == LEAD:
         return Recipient(None)
@@ -141,4 +166,4 @@ def _worker_target(store: Store, caller: Caller, to: str, messaging: str) -> Rec
             field="to",
             fix="omit to and ask the lead to pass it on (or set s2_fleet_messaging: mesh for direct messages)",
         )
-    return Recipient(find_worker(store, to, "to"))
+    return Recipient(find_worker(store, to, "to", now))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
-from s2_bridge import exitcodes, netguard, tokens
+from s2_bridge import dblock, exitcodes, netguard, tokens
 from s2_bridge.app import BridgeApp
 from s2_bridge.config import BridgeConfig, load_bridge_config
 from s2_bridge.errors import ConfigError
@@ -129,7 +129,7 @@ def uvicorn_config(app: BridgeApp, config: BridgeConfig, tls: dict[str, str]) ->
         log_level="warning",
         # connection cap and request-head deadline (netguard); idle keep-alive: daemons keep
         # one connection open between heartbeats
-        http=netguard.guarded_protocol(server.max_connections, server.header_timeout_s),
+        http=netguard.guarded_protocol(server.max_connections, server.header_timeout_s, server.body_timeout_s),
         loop=netguard.loop_factory(server.tls_handshake_timeout_s),  # type: ignore[arg-type]
         timeout_keep_alive=server.keepalive_timeout_s,  # type: ignore[arg-type]
         h11_max_incomplete_event_size=16 * 1024,
@@ -141,12 +141,27 @@ def uvicorn_config(app: BridgeApp, config: BridgeConfig, tls: dict[str, str]) ->
     )
 
 
+def hold_database_lock(config: BridgeConfig) -> int | None:
+    """Lock `<storage.path>.lock` for the bridge's whole life (the descriptor stays open): one
+    bridge per database, and `s2-bridge restore` refuses while it is held. None when another
+    process holds it (exit 1: systemd tries again after RestartSec, once that process is gone)."""
+    try:
+        return dblock.acquire(config.storage.path)
+    except dblock.LockHeld as exc:
+        held = exc
+    log.error("%s; fix: stop the other bridge (systemctl stop s2-bridge.service) or let the restore finish", held)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_bridge_config(args.config)
     if args.insecure_http:
         check_insecure_http(config)
         log.warning("serving plain HTTP (--insecure-http): tokens cross the network in clear text")
     tls = tls_options(config, args.insecure_http)
+    lock = hold_database_lock(config)
+    if lock is None:
+        return exitcodes.UNEXPECTED
     app, store = build(config)
     server = uvicorn.Server(uvicorn_config(app, config, tls))
     scheme = "http" if args.insecure_http else "https"
@@ -155,4 +170,5 @@ def run(args: argparse.Namespace) -> int:
         server.run()
     finally:
         store.close()
+        os.close(lock)
     return exitcodes.OK if server.started else exitcodes.UNEXPECTED

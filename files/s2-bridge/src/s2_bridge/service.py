@@ -57,8 +57,17 @@ class BridgeService(TaskBoard):
         ttl = self._ttl(ttl_s)
         coordinator_token, worker_token = self._issue_pair()
         now = self.clock()
+        stale = None
         try:
             with self.store.atomic():
+                # An expired conversation is not live: it gives way to the new one, revoked in this
+                # same transaction (a conflict below rolls the revocation back too).
+                stale = self.store.expired_conversation_of_worker(worker, now)
+                if stale is not None:
+                    self.store.revoke_conversation(stale.conversation_id, now)
+                    self._audit(
+                        caller, "conversation.revoke", stale.conversation_id, worker_id=worker, reason="expired"
+                    )
                 conversation = self.store.create_conversation(
                     worker_id=worker,
                     coordinator_role=my_role,
@@ -68,9 +77,18 @@ class BridgeService(TaskBoard):
                     now=now,
                     expires_at=now + ttl,
                 )
-                self._audit(caller, "conversation.create", conversation.conversation_id, worker_id=worker, ttl_s=ttl)
+                self._audit(
+                    caller,
+                    "conversation.create",
+                    conversation.conversation_id,
+                    worker_id=worker,
+                    ttl_s=ttl,
+                    **({"replaces": stale.conversation_id} if stale is not None else {}),
+                )
         except StoreError as exc:
             raise store_error(exc) from None
+        if stale is not None:
+            self._forget_conversation(stale.conversation_id)
         return self._credentials(conversation, coordinator_token, worker_token)
 
     def list_conversations(self, caller: Caller, include_revoked: bool) -> ConversationList:
@@ -110,12 +128,14 @@ class BridgeService(TaskBoard):
         now = self.clock()
         try:
             with self.store.atomic():
-                self.store.revoke_conversation(conversation_id, now)
-                self._audit(caller, "conversation.revoke", conversation_id)
+                revocation = self.store.revoke_conversation(conversation_id, now)
+                if revocation.changed:  # revoking again is a no-op: no new time, no second audit row
+                    self._audit(caller, "conversation.revoke", conversation_id)
         except StoreError as exc:
             raise store_error(exc) from None
-        self._forget_conversation(conversation_id)
-        return Revoked(conversation_id=conversation_id, revoked_at=iso(now) or "")
+        if revocation.changed:
+            self._forget_conversation(conversation_id)
+        return Revoked(conversation_id=conversation_id, revoked_at=iso(revocation.revoked_at) or "")
 
     # the lead (admin)
     def rotate_lead(self, caller: Caller, lead_role: str, ttl_s: int | None) -> LeadCredentials:

@@ -18,7 +18,7 @@ from s2_bridge.caller import Caller
 from s2_bridge.config import BridgeConfig
 from s2_bridge.errors import BridgeError, forbidden, invalid
 from s2_bridge.inbox import InboxSignals
-from s2_bridge.models import Box, Conversation
+from s2_bridge.models import Box, Conversation, is_expired
 from s2_bridge.store import Store, StoreError
 
 WORKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -173,7 +173,7 @@ class ServiceCore:
         cached = self._callers.get(digest)
         if cached is not None:
             caller, expires_at = cached
-            if expires_at is None or expires_at > self.clock():
+            if not is_expired(expires_at, self.clock()):
                 return replace(caller, remote=remote)
             del self._callers[digest]
         record = self.store.lookup_token(digest)
@@ -181,7 +181,7 @@ class ServiceCore:
             return "unknown token"
         if record.revoked:
             return "token revoked"
-        if record.expires_at is not None and record.expires_at <= self.clock():
+        if is_expired(record.expires_at, self.clock()):
             return "token expired"
         conversation = None
         if record.conversation_id is not None:

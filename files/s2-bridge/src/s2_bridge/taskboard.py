@@ -42,13 +42,17 @@ class TaskBoard(Messaging):
 
     def _fleet(self, caller: Caller | None = None) -> list[WorkerHealth]:
         now = self.clock()
-        rows = self.store.fleet()
+        rows = self.store.fleet(now)
         if caller is not None and caller.kind == "coordinator" and caller.conversation is not None:
             rows = [r for r in rows if r.conversation.conversation_id == caller.conversation.conversation_id]
         workers = []
         for row in rows:
             heartbeat = row.worker_presence.last_heartbeat
             age = None if heartbeat is None else max(0.0, now - heartbeat)
+            health = health_of(age, self.silent_after_s)
+            if row.expired and health == "healthy":
+                # Its tokens are refused from expiry on: never live, and the watchdog moves its tasks.
+                health = "silent"
             workers.append(
                 WorkerHealth(
                     worker_id=row.conversation.worker_id,
@@ -57,7 +61,7 @@ class TaskBoard(Messaging):
                     status=row.worker_presence.status,
                     last_heartbeat_at=iso(heartbeat),
                     heartbeat_age_s=None if age is None else round(age, 3),
-                    health=health_of(age, self.silent_after_s),
+                    health=health,
                     open_tasks=row.open_tasks,
                 )
             )
@@ -81,7 +85,7 @@ class TaskBoard(Messaging):
     def _target_worker(self, name: str, field: str, exclude: str | None = None) -> Conversation:
         if name == routing.ANY:
             return self._least_loaded(field, exclude)
-        return routing.find_worker(self.store, name, field)
+        return routing.find_worker(self.store, name, field, self.clock())
 
     def assign_task(self, caller: Caller, title: str, detail: str, worker_id: str | None) -> Task:
         if caller.kind == "worker":

@@ -78,6 +78,17 @@ def error_result(error: BridgeError) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=error.to_json())], is_error=True)
 
 
+def encoded_once(result: WaitResult) -> CallToolResult:
+    """The tool result for `result`, built once however many readers return the same object (one
+    message woke them all): what the SDK would build from the model, text and structured."""
+    if result._encoded is None:
+        result._encoded = CallToolResult(
+            content=[TextContent(type="text", text=result.model_dump_json(indent=2))],
+            structured_content=result.model_dump(mode="json", by_alias=True),
+        )
+    return result._encoded
+
+
 def structured_errors(
     fn: Callable[..., Awaitable[ResultT]], service: BridgeService | None = None
 ) -> Callable[..., Awaitable[ResultT]]:
@@ -258,11 +269,11 @@ def build_mcp(service: BridgeService) -> MCPServer:
         timeout_s: Annotated[
             float, Field(description=f"wait at most this long, 0-{WAIT_MAX_S:g} s", examples=[20])
         ] = WAIT_DEFAULT_S,
-    ) -> WaitResult:
+    ) -> Annotated[CallToolResult, WaitResult]:
         """Block until a new message arrives (the lead: from any worker) or the timeout passes. Use it when
         you are idle and waiting for work or an answer. Returns the new messages (not marked read) and
         timed_out."""
-        return await service.wait_for_messages(caller_of(ctx, "wait_for_messages"), after_id, timeout_s)
+        return encoded_once(await service.wait_for_messages(caller_of(ctx, "wait_for_messages"), after_id, timeout_s))
 
     async def update_my_status(
         status: Annotated[AgentStatus, Field(description="working, waiting, blocked, complete or idle")], ctx: Context

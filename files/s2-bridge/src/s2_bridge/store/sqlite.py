@@ -3,121 +3,69 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from s2_bridge.models import OPEN_TASK_STATES, Box, Conversation, Message, Task, TaskState, iso
-from s2_bridge.store.base import AuditEntry, FleetRow, LeadRecord, MessageDraft, Presence, StoreError, TokenRecord
-
-SCHEMA_VERSION = 2
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS conversations (
-    id TEXT PRIMARY KEY,
-    worker_id TEXT NOT NULL,
-    coordinator_role TEXT NOT NULL,
-    worker_role TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    revoked_at REAL
-);
--- one live conversation per worker: a second create is a conflict, not a silent twin
-CREATE UNIQUE INDEX IF NOT EXISTS conversations_live_worker
-    ON conversations(worker_id) WHERE revoked_at IS NULL;
-{tokens}
-CREATE INDEX IF NOT EXISTS tokens_conversation ON tokens(conversation_id);
--- A message lands in one inbox: conversation_id + to_side (a worker's, or the coordinator side
--- of the sender's conversation); the lead's inbox is every message a worker sent.
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    conversation_id TEXT NOT NULL REFERENCES conversations(id),
-    from_side TEXT NOT NULL CHECK (from_side IN ('coordinator', 'worker')),
-    from_role TEXT NOT NULL,
-    action_type TEXT NOT NULL,
-    body TEXT NOT NULL,
-    files_json TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    to_side TEXT NOT NULL CHECK (to_side IN ('coordinator', 'worker')),
-    from_worker TEXT,
-    to_worker TEXT,
-    reply_to INTEGER
-);
-CREATE INDEX IF NOT EXISTS messages_to ON messages(conversation_id, to_side, id);
-CREATE INDEX IF NOT EXISTS messages_from ON messages(from_side, id);
-CREATE TABLE IF NOT EXISTS read_cursors (
-    conversation_id TEXT NOT NULL,
-    side TEXT NOT NULL,
-    acked_through INTEGER NOT NULL,
-    PRIMARY KEY (conversation_id, side)
-);
-CREATE TABLE IF NOT EXISTS presence (
-    conversation_id TEXT NOT NULL,
-    side TEXT NOT NULL,
-    status TEXT,
-    status_at REAL,
-    last_heartbeat REAL,
-    PRIMARY KEY (conversation_id, side)
-);
-CREATE TABLE IF NOT EXISTS tasks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    worker_id TEXT NOT NULL,
-    conversation_id TEXT NOT NULL REFERENCES conversations(id),
-    title TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('assigned', 'in_progress', 'done', 'blocked')),
-    note TEXT NOT NULL DEFAULT '',
-    created_by TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    reassigned_from TEXT
-);
-CREATE INDEX IF NOT EXISTS tasks_worker ON tasks(worker_id, state);
-CREATE TABLE IF NOT EXISTS audit_log (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    remote TEXT NOT NULL
-);
-"""
-
-TOKENS_TABLE = """
-CREATE TABLE IF NOT EXISTS {name} (
-    hash TEXT PRIMARY KEY,
-    kind TEXT NOT NULL CHECK (kind IN ('admin', 'coordinator', 'worker', 'lead')),
-    conversation_id TEXT REFERENCES conversations(id),
-    created_at REAL NOT NULL,
-    expires_at REAL,
-    revoked_at REAL,
-    label TEXT
-);"""
-SCHEMA = SCHEMA.replace("{tokens}", TOKENS_TABLE.format(name="tokens"))
-
-# Schema 1 (before the lead and worker-to-worker messages) to 2, in one transaction.
-MIGRATE_1_TO_2 = (
-    TOKENS_TABLE.format(name="tokens_v2"),
-    "INSERT INTO tokens_v2(hash, kind, conversation_id, created_at, expires_at, revoked_at)"
-    " SELECT hash, kind, conversation_id, created_at, expires_at, revoked_at FROM tokens",
-    "DROP TABLE tokens",
-    "ALTER TABLE tokens_v2 RENAME TO tokens",
-    "ALTER TABLE messages ADD COLUMN to_side TEXT NOT NULL DEFAULT 'worker'"
-    " CHECK (to_side IN ('coordinator', 'worker'))",
-    "ALTER TABLE messages ADD COLUMN from_worker TEXT",
-    "ALTER TABLE messages ADD COLUMN to_worker TEXT",
-    "ALTER TABLE messages ADD COLUMN reply_to INTEGER",
-    "UPDATE messages SET to_side = CASE from_side WHEN 'coordinator' THEN 'worker' ELSE 'coordinator' END",
-    "UPDATE messages SET from_worker = (SELECT worker_id FROM conversations c WHERE c.id = messages.conversation_id)"
-    " WHERE from_side = 'worker'",
-    "UPDATE messages SET to_worker = (SELECT worker_id FROM conversations c WHERE c.id = messages.conversation_id)"
-    " WHERE from_side = 'coordinator'",
-    "DROP INDEX IF EXISTS messages_inbox",
+from s2_bridge.store.base import (
+    AuditEntry,
+    FleetRow,
+    LeadRecord,
+    MessageDraft,
+    Presence,
+    Revocation,
+    StoreError,
+    SweepCutoffs,
+    SweepMark,
+    SweepStep,
+    TokenRecord,
 )
+from s2_bridge.store.sqlite_schema import (
+    BACKFILL_SENDER_USAGE,
+    MIGRATE_1_TO_2,
+    MIGRATE_2_TO_3,
+    SCHEMA_STATEMENTS,
+    SCHEMA_VERSION,
+    SENDERS_FROM_AUDIT,
+)
+
+log = logging.getLogger("s2_bridge.store")
+
+# The WAL file is cut back to this after a checkpoint resets it (it otherwise stays at its
+# largest size ever, e.g. after a burst or a sweep).
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+# A message is read when its addressee read it: its id is at most its inbox's read cursor, or,
+# for one to the orchestrator's side, at most the lead's cursor (bound as :lead): the lead or
+# the conversation's coordinator, whichever reads it. A worker-to-worker message the lead also
+# sees is the recipient's: the lead's overview does not hold it.
+READ_BY_RECIPIENTS = (
+    "(id <= COALESCE((SELECT r.acked_through FROM read_cursors r"
+    " WHERE r.conversation_id = messages.conversation_id AND r.side = messages.to_side), 0)"
+    " OR (to_side = 'coordinator' AND id <= :lead))"
+)
+MESSAGE_SIZE = "length(CAST(body AS BLOB)) + length(CAST(files_json AS BLOB))"
+# A sweep step also stops once it has deleted this many message bytes: 500 rows of 50,000
+# characters would otherwise free some 25 MB (6,000 pages) in one transaction.
+SWEEP_STEP_MAX_BYTES = 2 * 1024 * 1024
+
+
+def _within_budget(rows: list[sqlite3.Row], deletes: list[bool]) -> int:
+    """How many of `rows` (in order) one step takes: all, or up to the row that reaches
+    SWEEP_STEP_MAX_BYTES of deleted bytes (at least one row, so a sweep always moves on)."""
+    spent = 0
+    for index, (row, delete) in enumerate(zip(rows, deletes, strict=True)):
+        if delete:
+            spent += row["size"]
+            if spent >= SWEEP_STEP_MAX_BYTES:
+                return index + 1
+    return len(rows)
 
 
 def _inbox(conversation_id: str, side: Box) -> tuple[str, tuple[object, ...]]:
@@ -183,7 +131,12 @@ class SQLiteStore:
             os.close(fd)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
+        # Deleted rows' pages can be given back to the file system a step at a time (compact);
+        # it takes effect only before the first table: an older file is converted in _migrate.
+        if self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         # NORMAL in WAL mode survives a process crash (kill -9); only power loss can drop
         # the last commits, and it never corrupts the file.
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -192,19 +145,60 @@ class SQLiteStore:
         self._migrate()
 
     def _migrate(self) -> None:
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                "schema_too_new",
-                "storage.path",
-                f"{self.path} has schema {version}; this runtime knows {SCHEMA_VERSION}: install the newer runtime",
-            )
-        if version == 1:
-            with self._transaction() as db:
+        # One transaction from the old schema to the new one, user_version included: a crash
+        # half-way leaves the old schema, migrated again at the next start.
+        with self._transaction() as db:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    "schema_too_new",
+                    "storage.path",
+                    f"{self.path} has schema {version}; this runtime knows {SCHEMA_VERSION}: install the newer runtime",
+                )
+            if version == 1:
                 for statement in MIGRATE_1_TO_2:
                     db.execute(statement)
-        self._db.executescript(SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if version in (1, 2):
+                for statement in MIGRATE_2_TO_3:
+                    db.execute(statement)
+                if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='audit_log'").fetchone():
+                    db.execute(SENDERS_FROM_AUDIT)
+            for statement in SCHEMA_STATEMENTS:
+                db.execute(statement)
+            if version in (1, 2):
+                db.execute(BACKFILL_SENDER_USAGE)
+            if version != SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if version and version < SCHEMA_VERSION:
+            log.info("%s: migrated the schema from %d to %d", self.path, version, SCHEMA_VERSION)
+        self._convert_to_incremental_vacuum()
+
+    def _convert_to_incremental_vacuum(self) -> None:
+        """A file made before auto_vacuum=INCREMENTAL is rebuilt once (VACUUM), so that retention
+        can give deleted space back step by step (compact) from then on."""
+        if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 0:  # 0: NONE
+            return
+        size = Path(self.path).stat().st_size
+        log.info("%s: converting to incremental auto-vacuum (one VACUUM of %d bytes)", self.path, size)
+        started = time.monotonic()
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        try:
+            self._db.execute("VACUUM")
+        except sqlite3.OperationalError as exc:  # e.g. no room for the rebuilt copy: serve anyway
+            log.warning(
+                "%s: not converted (%s); deleted space is reused but not given back: free %d bytes of disk"
+                " and restart the bridge",
+                self.path,
+                exc,
+                size,
+            )
+            return
+        log.info(
+            "%s: converted in %.2f s (auto_vacuum=%s)",
+            self.path,
+            time.monotonic() - started,
+            self._db.execute("PRAGMA auto_vacuum").fetchone()[0],
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -327,18 +321,24 @@ class SQLiteStore:
             self._insert_pair(db, conversation_id, coordinator_hash, worker_hash, now, expires_at)
         return self._require_conversation(conversation_id)
 
-    def revoke_conversation(self, conversation_id: str, now: float) -> Conversation:
+    def revoke_conversation(self, conversation_id: str, now: float) -> Revocation:
         self._require_conversation(conversation_id)
         with self._transaction() as db:
-            db.execute(
+            changed = db.execute(
                 "UPDATE conversations SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
                 (now, conversation_id),
-            )
-            db.execute(
-                "UPDATE tokens SET revoked_at=? WHERE conversation_id=? AND revoked_at IS NULL",
-                (now, conversation_id),
-            )
-        return self._require_conversation(conversation_id)
+            ).rowcount
+            if changed:
+                db.execute(
+                    "UPDATE tokens SET revoked_at=? WHERE conversation_id=? AND revoked_at IS NULL",
+                    (now, conversation_id),
+                )
+            revoked_at = db.execute("SELECT revoked_at FROM conversations WHERE id=?", (conversation_id,)).fetchone()
+        return Revocation(
+            conversation=self._require_conversation(conversation_id),
+            revoked_at=float(revoked_at[0]),
+            changed=bool(changed),
+        )
 
     def _require_conversation(self, conversation_id: str) -> Conversation:
         found = self.get_conversation(conversation_id)
@@ -355,9 +355,15 @@ class SQLiteStore:
         rows = self._db.execute(f"SELECT * FROM conversations {where} ORDER BY worker_id, created_at")  # noqa: S608
         return [_conversation(r) for r in rows]
 
-    def live_conversation_of_worker(self, worker_id: str) -> Conversation | None:
+    def live_conversation_of_worker(self, worker_id: str, now: float) -> Conversation | None:
         row = self._db.execute(
-            "SELECT * FROM conversations WHERE worker_id=? AND revoked_at IS NULL", (worker_id,)
+            "SELECT * FROM conversations WHERE worker_id=? AND revoked_at IS NULL AND expires_at > ?", (worker_id, now)
+        ).fetchone()
+        return _conversation(row) if row else None
+
+    def expired_conversation_of_worker(self, worker_id: str, now: float) -> Conversation | None:
+        row = self._db.execute(
+            "SELECT * FROM conversations WHERE worker_id=? AND revoked_at IS NULL AND expires_at <= ?", (worker_id, now)
         ).fetchone()
         return _conversation(row) if row else None
 
@@ -365,7 +371,7 @@ class SQLiteStore:
     def add_message(self, draft: MessageDraft, now: float) -> int:
         cursor = self._db.execute(
             "INSERT INTO messages(conversation_id, from_side, from_role, action_type, body, files_json, created_at,"
-            " to_side, from_worker, to_worker, reply_to) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " to_side, from_worker, to_worker, reply_to, sender) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 draft.conversation_id,
                 draft.from_side,
@@ -378,9 +384,14 @@ class SQLiteStore:
                 draft.from_worker,
                 draft.to_worker,
                 draft.reply_to,
+                draft.sender,
             ),
         )
         return int(cursor.lastrowid or 0)
+
+    def stored_bytes(self, sender: str) -> int:
+        row = self._db.execute("SELECT stored_bytes FROM sender_usage WHERE sender=?", (sender,)).fetchone()
+        return int(row[0]) if row else 0
 
     def get_message(self, message_id: int) -> Message | None:
         row = self._db.execute("SELECT * FROM messages WHERE id=?", (message_id,)).fetchone()
@@ -460,20 +471,21 @@ class SQLiteStore:
             return Presence(None, None, None)
         return Presence(row["status"], row["status_at"], row["last_heartbeat"])
 
-    def fleet(self) -> list[FleetRow]:
+    def fleet(self, now: float) -> list[FleetRow]:
         rows = self._db.execute(
             "SELECT c.*, p.status AS p_status, p.status_at AS p_status_at, p.last_heartbeat AS p_hb,"
             " (SELECT COUNT(*) FROM tasks t WHERE t.worker_id=c.worker_id AND t.state IN (?, ?, ?))"
-            " AS open_tasks"
+            " AS open_tasks, c.expires_at <= ? AS expired"
             " FROM conversations c LEFT JOIN presence p ON p.conversation_id=c.id AND p.side='worker'"
             " WHERE c.revoked_at IS NULL ORDER BY c.worker_id",
-            OPEN_TASK_STATES,
+            (*OPEN_TASK_STATES, now),
         )
         return [
             FleetRow(
                 conversation=_conversation(r),
                 worker_presence=Presence(r["p_status"], r["p_status_at"], r["p_hb"]),
                 open_tasks=int(r["open_tasks"]),
+                expired=bool(r["expired"]),
             )
             for r in rows
         ]
@@ -544,3 +556,68 @@ class SQLiteStore:
         return [
             AuditEntry(r["id"], r["at"], r["actor"], r["action"], r["target"], r["detail"], r["remote"]) for r in rows
         ]
+
+    # retention
+    def sweep(self, cutoffs: SweepCutoffs, limit: int, mark: SweepMark | None = None) -> SweepStep:
+        mark = mark or SweepMark()
+        with self._transaction() as db:
+            if mark.phase == "unread":  # everything past unread_before: every row looked at goes
+                rows = db.execute(
+                    f"SELECT id, {MESSAGE_SIZE} AS size FROM messages WHERE created_at < ?"  # noqa: S608
+                    " ORDER BY created_at, id LIMIT ?",
+                    (cutoffs.unread_before, limit),
+                ).fetchall()
+                taken = _within_budget(rows, [True] * len(rows))
+                more = taken < len(rows) or len(rows) == limit
+                rows = rows[:taken]
+                self._delete_messages(db, [r["id"] for r in rows])
+                resume = mark if more else SweepMark("read")
+                return SweepStep(len(rows), sum(r["size"] for r in rows), 0, len(rows), resume)
+            if mark.phase == "read":  # younger than that: only what was read; walk on by age
+                lead = db.execute(
+                    "SELECT COALESCE((SELECT acked_through FROM read_cursors WHERE conversation_id='' AND side='lead'),"
+                    " 0)"
+                ).fetchone()[0]
+                rows = db.execute(
+                    f"SELECT id, created_at, {MESSAGE_SIZE} AS size, {READ_BY_RECIPIENTS} AS done"  # noqa: S608
+                    " FROM messages WHERE created_at < :before AND (created_at, id) > (:after, :after_id)"
+                    " ORDER BY created_at, id LIMIT :limit",
+                    {
+                        "lead": lead,
+                        "before": cutoffs.read_before,
+                        "after": mark.created_at,
+                        "after_id": mark.message_id,
+                        "limit": limit,
+                    },
+                ).fetchall()
+                taken = _within_budget(rows, [bool(r["done"]) for r in rows])
+                more = taken < len(rows) or len(rows) == limit
+                rows = rows[:taken]
+                gone = [r for r in rows if r["done"]]
+                self._delete_messages(db, [r["id"] for r in gone])
+                last = rows[-1] if rows else None
+                resume = SweepMark("read", last["created_at"], last["id"]) if last and more else SweepMark("audit")
+                return SweepStep(len(gone), sum(r["size"] for r in gone), 0, len(rows), resume)
+            deleted = db.execute(
+                "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE at < ? ORDER BY at, id LIMIT ?)",
+                (cutoffs.audit_before, limit),
+            ).rowcount
+            return SweepStep(0, 0, deleted, deleted, mark if deleted == limit else None)
+
+    @staticmethod
+    def _delete_messages(db: sqlite3.Connection, ids: list[int]) -> None:
+        # the delete trigger takes each row off its sender's counter, in this transaction
+        db.executemany("DELETE FROM messages WHERE id=?", [(i,) for i in ids])
+
+    def compact(self, max_pages: int) -> int:
+        if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # 2: INCREMENTAL (see _migrate)
+            return 0
+        free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        if free:
+            # executescript steps the pragma to its end (execute() would free a single page)
+            self._db.executescript(f"PRAGMA incremental_vacuum({int(max_pages)});")
+            free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        if not free:
+            # Copy the WAL into the file now, so the file shrinks; PASSIVE never waits on a reader.
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        return free
