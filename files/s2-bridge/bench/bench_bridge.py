@@ -356,6 +356,29 @@ class Report:
     wrk: dict[str, float] = field(default_factory=dict)
 
 
+# --- shared by the benchmarks (bench_hostile.py too) ------------------------------------------------
+
+
+async def wait_idle(pid: int, limit_s: float = 20.0) -> float:
+    """Wait (at most limit_s) until the server has worked off any backlog: under 5% of a core
+    over 0.5 s. Requests of closed connections still run to their end on the server."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        before = cpu_seconds(pid)
+        await asyncio.sleep(0.5)
+        if cpu_seconds(pid) - before < 0.025:
+            break
+    return time.perf_counter() - started
+
+
+async def open_pool(port: int, ssl_ctx: ssl.SSLContext | None, size: int) -> list[Conn]:
+    """`size` open keep-alive connections, opened 100 at a time (not to flood the accept backlog)."""
+    conns = [Conn(port, ssl_ctx) for _ in range(size)]
+    for start in range(0, size, 100):
+        await asyncio.gather(*(c.open() for c in conns[start : start + 100]))
+    return conns
+
+
 # --- targets -------------------------------------------------------------------------------------
 
 
@@ -386,22 +409,10 @@ class Bench:
         return Target(kind, self.args.bare_port, self.wire.bare)
 
     async def quiesce(self, pid: int | None = None, limit_s: float = 20.0) -> float:
-        """Wait (at most limit_s) until the server has worked off any backlog: under 5% of a core
-        over 0.5 s. Requests of closed connections still run to their end on the server."""
-        pid = pid or self.server_pid
-        started = time.perf_counter()
-        while time.perf_counter() - started < limit_s:
-            before = cpu_seconds(pid)
-            await asyncio.sleep(0.5)
-            if cpu_seconds(pid) - before < 0.025:
-                break
-        return time.perf_counter() - started
+        return await wait_idle(pid or self.server_pid, limit_s)
 
     async def open_pool(self, port: int, size: int) -> list[Conn]:
-        conns = [Conn(port, self.ssl_ctx) for _ in range(size)]
-        for start in range(0, size, 100):  # do not flood the accept backlog
-            await asyncio.gather(*(c.open() for c in conns[start : start + 100]))
-        return conns
+        return await open_pool(port, self.ssl_ctx, size)
 
     # 2. every worker once
     async def register_all(self, concurrency: int) -> tuple[int, int, float]:
