@@ -10,11 +10,8 @@ from pathlib import Path
 
 import pytest
 from conftest import PKI, Bridge, create_conversation, heartbeat, raw_call
-from s2_bridge import tokens
-from s2_bridge.config import BridgeConfig, LimitsSection
+from inprocess import make_fleet
 from s2_bridge.inbox import WakeTurns
-from s2_bridge.service import BridgeService
-from s2_bridge.store.sqlite import SQLiteStore
 from s2_bridge.tools import encoded_once
 
 pytestmark = pytest.mark.anyio
@@ -51,17 +48,9 @@ async def test_wake_turns_let_a_batch_through_per_loop_turn_in_order() -> None:
 
 
 async def test_readers_woken_by_one_message_share_one_result_and_one_encoding(tmp_path: Path) -> None:
-    store = SQLiteStore(str(tmp_path / "bridge.db"))
-    config = BridgeConfig(path=str(tmp_path / "bridge.toml"), limits=LimitsSection(parked_waits_per_caller=WAITERS))
-    service = BridgeService(store, config)
-    admin_token = tokens.new_token("admin")
-    store.replace_admin_token(tokens.token_hash(admin_token), 0.0)
-    admin = service.authenticate(admin_token, "127.0.0.1")
-    assert not isinstance(admin, str)
-    made = service.create_conversation(admin, "s2-orchestrator", "worker-3-tests", "3", None)
-    worker = service.authenticate(made.worker_token, "127.0.0.1")
-    coordinator = service.authenticate(made.coordinator_token, "127.0.0.1")
-    assert not isinstance(worker, str) and not isinstance(coordinator, str)
+    fleet = make_fleet(tmp_path, ("3",), parked_waits_per_caller=WAITERS)
+    service, store = fleet.service, fleet.store
+    worker, coordinator = fleet.workers["3"], fleet.coordinators["3"]
     reads = 0
     real_read = store.messages_for
 

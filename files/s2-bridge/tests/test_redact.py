@@ -10,7 +10,7 @@ from uuid import UUID
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from s2_bridge.redact import RULES, redact_list, redact_text
+from s2_bridge.redact import RULES, fold, redact_list, redact_text
 
 # Fake secrets in realistic shapes, assembled from pieces so secret scanners do not flag this file.
 OPENAI_LEGACY = "sk-" + "T3BlbkFJ" + "a1B2c3D4e5F6g7H8i9J0" * 2
@@ -397,3 +397,40 @@ def test_inserted_key_never_survives(prefix: str, before: str, key: str, after: 
     assert key not in redacted
     assert count >= 1
     assert "[REDACTED:" in redacted
+
+
+# --- needles: skipping a rule never changes the result ---------------------------------------
+
+
+def redact_with_every_rule(text: str) -> tuple[str, int]:
+    """The reference: each rule run on the text, needles ignored."""
+    total = 0
+    for rule in RULES:
+        text, count = rule.apply(text)
+        total += count
+    return text, total
+
+
+# Pieces of every rule's shape, the characters case-insensitive matching pairs with ASCII
+# letters (U+017F, U+212A, U+0131, U+0130), and filler, so drawn texts land on, near and around the rules.
+PIECES = sorted({needle for rule in RULES for needle in rule.needles} | {
+    "PASSWORD", "Password", "pa\u017f\u017fword", "api_\u212aey", "ap\u0131_key", "\u0130", "=", ": ", "://", "@", " ",
+    "\n", "abc123XYZ", "x" * 40, "Tr0ub4dor(3)", "A" * 16, "0" * 8, "AKIAABCDEFGHIJKLMNOP", "aB3" * 14,
+})  # fmt: skip
+
+
+@given(st.lists(st.sampled_from(PIECES), max_size=30))
+def test_needles_skip_only_rules_that_could_not_match(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    assert redact_text(text) == redact_with_every_rule(text)
+
+
+@pytest.mark.parametrize(("name", "text", "expected", "count"), CATCHES, ids=[c[0] for c in CATCHES])
+def test_needles_agree_with_every_rule_on_the_catalogue(name: str, text: str, expected: str, count: int) -> None:
+    assert redact_text(text) == redact_with_every_rule(text)
+
+
+def test_every_rule_names_its_needles_in_lower_case() -> None:
+    for rule in RULES:
+        assert rule.needles, rule.kind
+        assert all(needle == fold(needle) for needle in rule.needles), rule.kind

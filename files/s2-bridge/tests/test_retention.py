@@ -12,24 +12,22 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import PKI, Bridge, call, connect, create_conversation, issue_lead
-from s2_bridge import exitcodes, tokens
+from inprocess import T0, Fleet, make_fleet
+from s2_bridge import exitcodes, messaging
 from s2_bridge.caller import Caller
-from s2_bridge.config import BridgeConfig, LimitsSection, RetentionSection, load_bridge_config
+from s2_bridge.config import RetentionSection, load_bridge_config
 from s2_bridge.errors import BridgeError, ConfigError
 from s2_bridge.retention import DAY_S, Retention
-from s2_bridge.service import BridgeService
 from s2_bridge.store.base import stored_size
 from s2_bridge.store.sqlite import JOURNAL_SIZE_LIMIT, SCHEMA_VERSION, SWEEP_STEP_MAX_BYTES, SQLiteStore
-
-T0 = 1_800_000_000.0  # 2027-01-15: any fixed time will do
 
 
 def usage(db_path: Path | str) -> dict[str, tuple[int, int]]:
@@ -175,57 +173,6 @@ async def test_the_servers_sweep_frees_the_quota_and_shrinks_the_file(tmp_path: 
 
 
 # --- retention rules, in process with a set clock --------------------------------------------
-
-
-@dataclass
-class Clock:
-    now: float = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class Fleet:
-    service: BridgeService
-    store: SQLiteStore
-    clock: Clock
-    path: Path
-    lead: Caller
-    admin: Caller
-    workers: dict[str, Caller] = field(default_factory=dict)
-    coordinators: dict[str, Caller] = field(default_factory=dict)
-
-    def sweep(self, days: float, **policy: Any) -> Any:
-        return Retention(self.store, RetentionSection(**policy)).sweep(T0 + days * DAY_S)
-
-    def remaining(self) -> set[str]:
-        with sqlite3.connect(self.path) as db:
-            return {body for (body,) in db.execute("SELECT body FROM messages")}
-
-
-def authenticated(service: BridgeService, token: str) -> Caller:
-    caller = service.authenticate(token, "127.0.0.1")
-    assert isinstance(caller, Caller), caller
-    return caller
-
-
-def make_fleet(tmp_path: Path, worker_ids: tuple[str, ...] = ("3", "4"), **limits: int) -> Fleet:
-    path = tmp_path / "bridge.db"
-    store = SQLiteStore(str(path))
-    clock = Clock()
-    config = BridgeConfig(path=str(tmp_path / "bridge.toml"), limits=LimitsSection(**limits))
-    service = BridgeService(store, config, clock=clock)
-    admin_token = tokens.new_token("admin")
-    store.replace_admin_token(tokens.token_hash(admin_token), T0)
-    admin = authenticated(service, admin_token)
-    lead = authenticated(service, service.rotate_lead(admin, "s2-orchestrator", None).lead_token)
-    fleet = Fleet(service, store, clock, path, lead, admin)
-    for worker_id in worker_ids:
-        made = service.create_conversation(admin, "s2-orchestrator", f"worker-{worker_id}-x", worker_id, None)
-        fleet.workers[worker_id] = authenticated(service, made.worker_token)
-        fleet.coordinators[worker_id] = authenticated(service, made.coordinator_token)
-    return fleet
 
 
 @pytest.fixture
@@ -559,5 +506,49 @@ def test_quota_error_is_raised_by_the_service_before_anything_is_stored(tmp_path
         assert caught.value.code == "quota_exceeded"
         assert fleet.remaining() == {"a" * 90}
         assert usage(fleet.path) == {"worker:3": (92, 1)}
+    finally:
+        fleet.store.close()
+
+
+# --- redaction of long bodies: off the event loop, and not for a sender at its quota ------------
+
+
+def watch_redaction(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads redact_text ran on, one per send."""
+    threads: list[str] = []
+    real = messaging.redact_text
+
+    def watched(text: str) -> tuple[str, int]:
+        threads.append(threading.current_thread().name)
+        return real(text)
+
+    monkeypatch.setattr(messaging, "redact_text", watched)
+    return threads
+
+
+async def test_a_long_body_is_redacted_off_the_event_loop(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads = watch_redaction(monkeypatch)
+    service, worker = fleet.service, fleet.workers["3"]
+    long_body = "password=hunter2 " + "x" * messaging.REDACT_ON_LOOP_MAX_CHARS
+    sent = await service.send_to_partner_async(worker, long_body, "info", [])
+    await service.send_to_partner_async(worker, "short password=hunter2", "info", [])
+    assert threads[0].startswith("s2-redact") and threads[1] == threading.current_thread().name
+    assert sent.redactions == 1
+    assert "hunter2" not in " ".join(fleet.remaining())
+
+
+async def test_a_sender_at_its_quota_is_refused_before_any_redaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = make_fleet(tmp_path, stored_bytes_per_sender=20_000)
+    try:
+        worker = fleet.workers["3"]
+        await fleet.service.send_to_partner_async(worker, "y" * 19_998, "info", [])  # with "[]": at the cap
+        threads = watch_redaction(monkeypatch)
+        with pytest.raises(BridgeError) as refused:
+            await fleet.service.send_to_partner_async(worker, "z" * 30_000, "info", [])
+        assert refused.value.code == "quota_exceeded" and refused.value.field == "message"
+        assert threads == []  # refused on the counter alone
+        assert fleet.remaining() == {"y" * 19_998}
     finally:
         fleet.store.close()

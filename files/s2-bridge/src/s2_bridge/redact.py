@@ -8,6 +8,9 @@ never touched: the assignment rules need a separator and a value after the key w
 Cost stays linear on 50,000-char adversarial input: every pattern starts at a literal or a
 short bounded prefix, token runs carry a left boundary so one run is tried once (not at each of
 its characters), and runs are possessive (`++`, Python 3.11+) so a failed match never backtracks.
+Each rule also names the literals one of which any match must contain (`needles`): a rule whose
+needles are all absent from the text is skipped, found by `in` on the case-folded text (memchr
+speed), so ordinary text pays for a few scans, not thirty (docs/BENCHMARKS.md, "Redaction").
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 
 from s2_bridge.tokens import PREFIXES
 
-__all__ = ["RULES", "Rule", "redact_list", "redact_text"]
+__all__ = ["RULES", "Rule", "fold", "redact_list", "redact_text"]
 
 # Groups whose name starts with this hold the secret; the rest of the match is kept as it is.
 _SECRET_GROUP_PREFIX = "secret"
@@ -29,6 +32,11 @@ class Rule:
 
     kind: str
     pattern: re.Pattern[str]
+    # lower-case literals, one of which every match contains (in the text as `fold` gives it)
+    needles: tuple[str, ...] = ()
+
+    def wanted(self, lowered: str) -> bool:
+        return not self.needles or any(needle in lowered for needle in self.needles)
 
     @property
     def marker(self) -> str:
@@ -63,8 +71,8 @@ class ContextRule(Rule):
         return ("".join(parts) + text[last:], count) if count else (text, 0)
 
 
-def _rule(kind: str, pattern: str, flags: int = 0) -> Rule:
-    return Rule(kind, re.compile(pattern, flags))
+def _rule(kind: str, pattern: str, flags: int = 0, *, needles: tuple[str, ...]) -> Rule:
+    return Rule(kind, re.compile(pattern, flags), needles)
 
 
 # A value that is a placeholder or a reference, not a secret: already redacted by an earlier
@@ -103,7 +111,7 @@ _DOUBLE_QUOTED = r'"' + _NOT_A_VALUE + r'(?P<secret_dq>(?:[^"\\\n]|\\.)++)"?'
 _SINGLE_QUOTED = r"'" + _NOT_A_VALUE + r"(?P<secret_sq>(?:[^'\\\n]|\\.)++)'?"
 
 
-def _assignment(kind: str, names: str, *, numbers: bool = True) -> Rule:
+def _assignment(kind: str, names: str, *, needles: tuple[str, ...], numbers: bool = True) -> Rule:
     """`NAME=value`, `NAME: value`, `"NAME": "value"`, `NAME => 'value'`, case-insensitive.
 
     The name has no left boundary so prefixed names count (DB_PASSWORD, client_secret,
@@ -117,7 +125,7 @@ def _assignment(kind: str, names: str, *, numbers: bool = True) -> Rule:
         rf"(?:{_DOUBLE_QUOTED}|{_SINGLE_QUOTED}"
         rf"|{_NOT_A_VALUE}{_NOT_A_REFERENCE}{_NOT_CODE}{number}(?P<secret_bare>{_BARE_VALUE}))"
     )
-    return _rule(kind, pattern, re.IGNORECASE)
+    return _rule(kind, pattern, re.IGNORECASE, needles=needles)
 
 
 # A command-line value: a word, or a quoted string.
@@ -135,40 +143,48 @@ RULES: tuple[Rule, ...] = (
         r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
         r"(?:(?:[^-]|-(?!----(?:END|BEGIN)))*+-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
         r"|[A-Za-z0-9+/=\r\n]*+)",
+        needles=("-----begin ",),
     ),
     # JSON Web Token: base64url header starting `eyJ` (`{"`), payload and signature.
     _rule(
         "jwt",
         r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]{8,}+",
+        needles=("eyj",),
     ),
     # This project's bridge tokens (tokens.PREFIXES: admin, lead, coordinator, worker) + 43 base64url.
-    _rule("s2_token", rf"(?<![A-Za-z0-9_\-])(?:{'|'.join(PREFIXES.values())})[A-Za-z0-9_\-]{{43,}}+"),
+    _rule(
+        "s2_token",
+        rf"(?<![A-Za-z0-9_\-])(?:{'|'.join(PREFIXES.values())})[A-Za-z0-9_\-]{{43,}}+",
+        needles=tuple(prefix.lower() for prefix in PREFIXES.values()),
+    ),
     # Anthropic API and admin keys: sk-ant-api03-..., sk-ant-admin01-...
-    _rule("anthropic_key", r"(?<![A-Za-z0-9])sk-ant-[a-z]{2,10}[0-9]{2}-[A-Za-z0-9_\-]{20,}+"),
+    _rule("anthropic_key", r"(?<![A-Za-z0-9])sk-ant-[a-z]{2,10}[0-9]{2}-[A-Za-z0-9_\-]{20,}+", needles=("sk-ant-",)),
     # OpenAI-style keys: sk-<48>, sk-proj-..., sk-svcacct-..., sk-admin-... A real key mixes in
     # capitals or digits early; requiring one keeps lower-case slugs (sk-learn-...) out.
     _rule(
         "openai_key",
         r"(?<![A-Za-z0-9])sk-(?=[a-z_\-]{0,64}[A-Z0-9])[A-Za-z0-9_\-]{20,}+",
+        needles=("sk-",),
     ),
     # GitHub tokens: ghp_ (classic PAT), gho_ (OAuth), ghu_/ghs_ (app), ghr_ (refresh), and
     # fine-grained github_pat_...
     _rule(
         "github_token",
         r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{30,}+|github_pat_[A-Za-z0-9_]{22,}+)",
+        needles=("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
     ),
     # AWS access key ids: AKIA (long-term) or ASIA (temporary) + 16 upper-case alphanumerics.
-    _rule("aws_access_key_id", r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
+    _rule("aws_access_key_id", r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])", needles=("akia", "asia")),
     # Slack tokens: xoxa-, xoxb- (bot), xoxp- (user), xoxr- (refresh), xoxs- (session).
-    _rule("slack_token", r"(?<![A-Za-z0-9])xox[abprs]-[A-Za-z0-9\-]{10,}+"),
+    _rule("slack_token", r"(?<![A-Za-z0-9])xox[abprs]-[A-Za-z0-9\-]{10,}+", needles=("xox",)),
     # Google API keys: AIza + 35 base64url characters.
-    _rule("google_api_key", r"(?<![A-Za-z0-9_\-])AIza[A-Za-z0-9_\-]{35}"),
+    _rule("google_api_key", r"(?<![A-Za-z0-9_\-])AIza[A-Za-z0-9_\-]{35}", needles=("aiza",)),
     # Stripe secret and restricted keys (live or test mode); publishable pk_ keys are public.
-    _rule("stripe_key", r"(?<![A-Za-z0-9])[rs]k_(?:live|test)_[A-Za-z0-9]{16,}+"),
+    _rule("stripe_key", r"(?<![A-Za-z0-9])[rs]k_(?:live|test)_[A-Za-z0-9]{16,}+", needles=("k_live_", "k_test_")),
     # Hugging Face access tokens: hf_ + 30 or more alphanumerics (no underscores, unlike names).
-    _rule("huggingface_token", r"(?<![A-Za-z0-9_])hf_[A-Za-z0-9]{30,}+"),
+    _rule("huggingface_token", r"(?<![A-Za-z0-9_])hf_[A-Za-z0-9]{30,}+", needles=("hf_",)),
     # npm access tokens: npm_ + 36 alphanumerics.
-    _rule("npm_token", r"(?<![A-Za-z0-9_])npm_[A-Za-z0-9]{36}"),
+    _rule("npm_token", r"(?<![A-Za-z0-9_])npm_[A-Za-z0-9]{36}", needles=("npm_",)),
     # Password in a URL's userinfo: scheme://user:PASSWORD@host (user may be empty). The
     # password runs to the last `@` before the host (it may hold `@`, `/`, `#`), at most 256
     # characters, so the backtracking to that `@` is bounded per URL.
@@ -177,27 +193,30 @@ RULES: tuple[Rule, ...] = (
         r"(?<![a-z0-9+.\-])[a-z][a-z0-9+.\-]{0,30}://[^\s:/?#@]*+:"
         r"(?!\[REDACTED:)(?P<secret>[^\s@]{1,256}+(?:@[^\s@]{1,256}+){0,3})@(?=[A-Za-z0-9\[])",
         re.IGNORECASE,
+        needles=("://",),
     ),
     # GitLab personal, project and group access tokens.
-    _rule("gitlab_token", r"(?<![A-Za-z0-9_])glpat-[A-Za-z0-9_\-]{20,}+"),
+    _rule("gitlab_token", r"(?<![A-Za-z0-9_])glpat-[A-Za-z0-9_\-]{20,}+", needles=("glpat-",)),
     # Slack incoming webhooks and workflow triggers: the path is the credential.
     _rule(
         "slack_webhook",
         r"hooks\.slack\.com/(?:services|workflows|triggers)/(?P<secret>[A-Za-z0-9_/\-]{10,}+)",
+        needles=("hooks.slack.com/",),
     ),
     # Google OAuth client secrets.
-    _rule("google_client_secret", r"(?<![A-Za-z0-9_])GOCSPX-[A-Za-z0-9_\-]{20,}+"),
+    _rule("google_client_secret", r"(?<![A-Za-z0-9_])GOCSPX-[A-Za-z0-9_\-]{20,}+", needles=("gocspx-",)),
     # SendGrid API keys: SG.<22>.<43>.
-    _rule("sendgrid_key", r"(?<![A-Za-z0-9_])SG\.[A-Za-z0-9_\-]{16,32}\.[A-Za-z0-9_\-]{16,64}"),
+    _rule("sendgrid_key", r"(?<![A-Za-z0-9_])SG\.[A-Za-z0-9_\-]{16,32}\.[A-Za-z0-9_\-]{16,64}", needles=("sg.",)),
     # Azure storage / service bus connection strings and SAS signatures.
     _rule(
         "azure_key",
         r"(?:AccountKey|SharedAccessKey)=(?P<secret>[A-Za-z0-9+/]{16,}+=*)",
         re.IGNORECASE,
+        needles=("accountkey=", "sharedaccesskey="),
     ),
-    _rule("azure_sas", r"[?&]sig=(?P<secret>[A-Za-z0-9%+/]{16,}+=*)"),
+    _rule("azure_sas", r"[?&]sig=(?P<secret>[A-Za-z0-9%+/]{16,}+=*)", needles=("sig=",)),
     # Docker's config.json: "auth": "<base64 user:password>".
-    _rule("docker_auth", r'"auth"[ \t]*:[ \t]*"(?P<secret>[A-Za-z0-9+/]{8,}+=*)"'),
+    _rule("docker_auth", r'"auth"[ \t]*:[ \t]*"(?P<secret>[A-Za-z0-9+/]{8,}+=*)"', needles=('"auth"',)),
     # A bare 40-character AWS secret access key (mixed case and digits), only when "aws",
     # "secret" or a redacted AWS key id sits within the 100 characters before it.
     ContextRule(
@@ -207,6 +226,7 @@ RULES: tuple[Rule, ...] = (
             r"(?=[A-Za-z0-9/+]{0,39}[a-z])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
         ),
         context=re.compile(r"aws|secret", re.IGNORECASE),
+        needles=("aws", "secret"),  # its context words: without one, no match can count
     ),
     # HTTP Authorization (or Proxy-Authorization) header with a Bearer, token or Basic
     # credential of 8+ characters; shorter words are placeholders such as `Bearer TOKEN`.
@@ -215,6 +235,7 @@ RULES: tuple[Rule, ...] = (
         r"authorization[\"']?[ \t]*[:=][ \t]*[\"']?(?:bearer|token|basic)[ \t]+"
         r"(?!\[REDACTED:)(?P<secret>[A-Za-z0-9._~+/\-]{8,}+=*)",
         re.IGNORECASE,
+        needles=("authorization",),
     ),
     # A bare `Bearer <token>` outside a header: the token is 20+ characters and has a capital or
     # a digit early on, which prose after "bearer" (`Bearer of bad news`) does not.
@@ -223,6 +244,7 @@ RULES: tuple[Rule, ...] = (
         r"(?<![A-Za-z0-9])bearer[ \t]+(?!\[REDACTED:)(?![/.])"
         r"(?=(?-i:[a-z._~+/\-]{0,63}[A-Z0-9]))(?P<secret>[A-Za-z0-9._~+/\-]{20,}+=*)",
         re.IGNORECASE,
+        needles=("bearer",),
     ),
     # Command lines: `--password x`, `--token x`, `curl -u user:pass`, `sshpass -p pass`.
     _rule(
@@ -230,33 +252,50 @@ RULES: tuple[Rule, ...] = (
         r"(?<![A-Za-z0-9_\-])--(?:[a-z0-9]+-){0,3}(?:password|passwd|passphrase|token|secret|api-key)"
         r"[ \t]+(?!-)(?!\[REDACTED:)" + _ARG_VALUE,
         re.IGNORECASE,
+        needles=("--",),
     ),
     # `-u user:pass` / `--user user:pass` (curl, wget, httpie); a uid:gid (`-u 1000:1000`) is not.
     _rule(
         "password",
         r"(?<![A-Za-z0-9_\-])(?:-u|--user)[ \t]*=?[ \t]*['\"]?[^\s:'\"]{1,100}+:"
         r"(?!\[REDACTED:)(?![0-9]++(?![^\s'\"]))(?P<secret>[^\s'\"]++)",
+        needles=("-u",),  # also in --user
     ),
-    _rule("password", r"\bsshpass\b[^\n]{0,100}?(?<!\S)-p[ \t]*(?!\[REDACTED:)" + _ARG_VALUE),
+    _rule("password", r"\bsshpass\b[^\n]{0,100}?(?<!\S)-p[ \t]*(?!\[REDACTED:)" + _ARG_VALUE, needles=("sshpass",)),
     # aws_secret_access_key = <value> (also AWS_SECRET_ACCESS_KEY, secret_access_key).
-    _assignment("aws_secret_key", r"secret[_\-]?access[_\-]?key"),
+    _assignment("aws_secret_key", r"secret[_\-]?access[_\-]?key", needles=("secret",)),
     # password=, passwd:, passphrase=, pwd= (pwd not inside a word: OLDPWD is a directory).
-    _assignment("password", r"passw(?:or)?d|passphrase|(?<![A-Za-z])pwd"),
+    _assignment("password", r"passw(?:or)?d|passphrase|(?<![A-Za-z])pwd", needles=("passw", "passphrase", "pwd")),
     # api_key:, apikey=, api-key (X-API-Key header), access_key=.
-    _assignment("api_key", r"api[_\-]?key|access[_\-]?key"),
+    _assignment("api_key", r"api[_\-]?key|access[_\-]?key", needles=("api", "access")),
     # secret=, client_secret:, secret_key=, private_key=.
-    _assignment("secret", r"secret(?:[_\-]?key)?|private[_\-]?key"),
+    _assignment("secret", r"secret(?:[_\-]?key)?|private[_\-]?key", needles=("secret", "private")),
     # token=, access_token=, auth_token=, refresh_token=, id_token= ...
-    _assignment("token", r"token", numbers=False),
+    _assignment("token", r"token", needles=("token",), numbers=False),
 )
+
+
+# Python's case-insensitive matching also pairs U+0131 (dotless i) with i, which casefold() keeps.
+_FOLD_EXTRA = str.maketrans({"\u0131": "i"})
+
+
+def fold(text: str) -> str:
+    """What the needles are looked for in: every character a case-insensitive pattern would
+    take for an ASCII letter folded to it (casefold: U+017F long s -> s, U+212A Kelvin -> k)."""
+    return text.casefold().translate(_FOLD_EXTRA)
 
 
 def redact_text(text: str) -> tuple[str, int]:
     """Return `text` with every secret replaced by `[REDACTED:<kind>]`, and how many were."""
     total = 0
+    lowered = fold(text)
     for rule in RULES:
+        if not rule.wanted(lowered):
+            continue
         text, count = rule.apply(text)
-        total += count
+        if count:
+            total += count
+            lowered = fold(text)  # a marker may hold a later rule's needle: look again
     return text, total
 
 

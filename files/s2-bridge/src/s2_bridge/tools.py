@@ -244,7 +244,7 @@ def build_mcp(service: BridgeService) -> MCPServer:
         """Send a message: to your partner, to a worker by id or role, to the lead, or (the lead) to everyone.
         Use it to report progress, ask, answer (reply_to) or hand over work. Returns the stored message ids
         and the recipients."""
-        return service.send_to_partner(
+        return await service.send_to_partner_async(
             caller_of(ctx, "send_to_partner"), message, action_type, files_involved or [], to, reply_to
         )
 
