@@ -396,3 +396,14 @@ async def heartbeat(bridge: Bridge, token: str) -> int:
             f"{bridge.base_url}/v1/heartbeat", json={}, headers={"Authorization": f"Bearer {token}"}
         )
     return response.status_code
+
+
+def serve_once(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Run `s2-bridge serve --config CONFIG [EXTRA...]` to completion (it must refuse to start)."""
+    return subprocess.run(
+        [sys.executable, "-m", "s2_bridge.cli", "serve", "--config", str(config), *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

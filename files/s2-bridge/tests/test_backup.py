@@ -10,7 +10,6 @@ import shutil
 import sqlite3
 import stat
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import PKI, Bridge, call, connect, create_conversation, issue_lead
+from conftest import PKI, Bridge, call, connect, create_conversation, issue_lead, serve_once
 from fixtures_client import run_cli
 from s2_bridge.store.sqlite import SCHEMA_VERSION
 from s2_bridge.tokens import TOKEN_RE
@@ -166,13 +165,7 @@ async def test_backup_mid_burst_restores_every_acknowledged_message_once(tmp_pat
         lock = Path(f"{first.db_path}.lock")
         other = tmp_path / "other-port.toml"
         other.write_text(first.config_path.read_text().replace(f"port = {first.port}", f"port = {first.port + 1}"))
-        serve = subprocess.run(
-            [sys.executable, "-m", "s2_bridge.cli", "serve", "--config", str(other)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        serve = serve_once(other)
         assert serve.returncode == 1, serve.stderr
         assert str(lock) in serve.stderr and "systemctl stop s2-bridge.service" in serve.stderr
         line = refused(

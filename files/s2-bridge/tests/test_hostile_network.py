@@ -9,8 +9,6 @@ import logging
 import sqlite3
 import ssl
 import stat
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
-from conftest import PKI, Bridge, create_conversation, heartbeat, worker_file
+from conftest import PKI, Bridge, create_conversation, heartbeat, serve_once, worker_file
 from s2_bridge import exitcodes, lean_http
 from s2_bridge.client import BridgeClient
 from s2_bridge.credentials import load_credentials
@@ -305,13 +303,7 @@ def test_insecure_http_is_refused_off_loopback(tmp_path: Path) -> None:
         f'[server]\nhost = "0.0.0.0"\nport = 8443\n[storage]\npath = "{data}/bridge.db"\n'
         f'[auth]\nadmin_token_file = "{data}/admin.token"\n'
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "s2_bridge.cli", "serve", "--config", str(config), "--insecure-http"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = serve_once(config, "--insecure-http")
     assert result.returncode == exitcodes.CONFIG_ERROR
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

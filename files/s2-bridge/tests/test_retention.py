@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PKI, Bridge, call, connect, create_conversation, issue_lead
+from conftest import PKI, Bridge, call, connect, create_conversation, issue_lead, serve_once
 from inprocess import T0, Fleet, make_fleet
 from s2_bridge import exitcodes, messaging
 from s2_bridge.caller import Caller
@@ -484,13 +482,7 @@ def test_retention_and_quota_defaults_and_values(tmp_path: Path) -> None:
 def test_serve_refuses_a_bad_retention_key_with_exit_78(tmp_path: Path) -> None:
     path = tmp_path / "bridge.toml"
     path.write_text(GOOD.format(data=tmp_path / "data") + "[retention]\nsweep_batch = -3\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "s2_bridge.cli", "serve", "--config", str(path), "--insecure-http"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = serve_once(path, "--insecure-http")
     assert result.returncode == exitcodes.CONFIG_ERROR
     line = result.stderr.strip()
     assert len(line.splitlines()) == 1 and "retention.sweep_batch" in line and "fix: use 1 to 100000" in line, line

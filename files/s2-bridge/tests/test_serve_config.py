@@ -3,11 +3,10 @@ and nothing created (no database, no admin token)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import serve_once
 from s2_bridge import exitcodes
 from s2_bridge.config import load_bridge_config
 
@@ -20,17 +19,6 @@ path = "{data}/bridge.db"
 [auth]
 admin_token_file = "{data}/admin.token"
 """
-
-
-def serve(config: Path) -> subprocess.CompletedProcess[str]:
-    """Run `s2-bridge serve --config CONFIG` to completion (it must refuse to start)."""
-    return subprocess.run(
-        [sys.executable, "-m", "s2_bridge.cli", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 CASES = [
@@ -51,7 +39,7 @@ CASES = [
 def test_bad_config_names_the_field_and_exits_78(tmp_path: Path, content: str, field: str | None, problem: str) -> None:
     config = tmp_path / "bridge.toml"
     config.write_text(content)
-    result = serve(config)
+    result = serve_once(config)
     assert result.returncode == exitcodes.CONFIG_ERROR
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -65,7 +53,7 @@ def test_bad_config_names_the_field_and_exits_78(tmp_path: Path, content: str, f
 
 def test_missing_config_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
-    result = serve(missing)
+    result = serve_once(missing)
     assert result.returncode == exitcodes.CONFIG_ERROR
     assert f"{missing}: file not found" in result.stderr
 
@@ -73,7 +61,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_tls_is_required_unless_insecure_http_is_explicit(tmp_path: Path) -> None:
     config = tmp_path / "bridge.toml"
     config.write_text(GOOD.format(data=tmp_path / "data"))
-    result = serve(config)
+    result = serve_once(config)
     assert result.returncode == exitcodes.CONFIG_ERROR
     assert "tls: is missing" in result.stderr
     assert "--insecure-http" in result.stderr
@@ -85,7 +73,7 @@ def test_tls_files_must_exist(tmp_path: Path) -> None:
         GOOD.format(data=tmp_path / "data")
         + f'[tls]\ncert_file = "{tmp_path}/no.crt"\nkey_file = "{tmp_path}/no.key"\n'
     )
-    result = serve(config)
+    result = serve_once(config)
     assert result.returncode == exitcodes.CONFIG_ERROR
     assert "tls.cert_file" in result.stderr
 
