@@ -35,18 +35,16 @@ import json
 import math
 import os
 import resource
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_bridge import HOST, Processes, free_port, make_pki, write_config
+from bench_bridge import HOST, Processes, free_port, make_pki, work_dir, write_config
 from s2_bridge.client import BridgeClient
 from s2_bridge.credentials import credentials_document, write_private_json
 from s2_bridge.lean_http import HttpFailure, get_json, tls_context
@@ -315,13 +313,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
-    workdir = Path(tempfile.mkdtemp(prefix="s2-bench-agent-"))  # 0700
     procs = Processes()
     results: list[Series] = []
-    child_env(workdir, not args.no_bytecode_cache)
-    cache = "off (compiled on every start)" if args.no_bytecode_cache else "on (an installed runtime)"
-    print(f"{os.cpu_count()} CPUs; python {sys.version.split()[0]}; bytecode cache {cache}", flush=True)
-    try:
+    with work_dir("s2-bench-agent-", procs, args.keep) as workdir:
+        child_env(workdir, not args.no_bytecode_cache)
+        cache = "off (compiled on every start)" if args.no_bytecode_cache else "on (an installed runtime)"
+        print(f"{os.cpu_count()} CPUs; python {sys.version.split()[0]}; bytecode cache {cache}", flush=True)
         url, ca_file, admin_token = start_bridge(workdir, procs)
         ids = asyncio.run(make_identities(url, ca_file, admin_token, workdir))
         worker = workdir / "s2-worker-3-credentials.json"
@@ -332,12 +329,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.append(proxy_series(f"baseline {args.baseline_proxy.name}", command, args.runs))
         if "hook" not in skip:
             results.extend(run_hooks(args, workdir, url, ca_file, ids))
-    finally:
-        procs.stop()
-        if args.keep:
-            print(f"work dir kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(result) for result in results], indent=2) + "\n")
     return 0

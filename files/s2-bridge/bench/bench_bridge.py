@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -811,6 +811,30 @@ class Processes:
                 process.wait()
 
 
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+@contextlib.contextmanager
+def work_dir(prefix: str, procs: Processes, keep: bool = False, load: dict[str, Any] | None = None) -> Iterator[Path]:
+    """One run's work dir (0700). On the way out, the processes in `procs` stop and the dir is
+    removed (`keep`: kept, and its path printed). `load`, if given, gets the load average under
+    "start" and, after a run that raised nothing, "end"."""
+    if load is not None:
+        load["start"] = load_average()
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))  # 0700
+    try:
+        yield workdir
+    finally:
+        procs.stop()
+        if keep:
+            print(f"work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if load is not None:
+        load["end"] = load_average()
+
+
 async def wait_healthy(process: subprocess.Popen[bytes], port: int, ssl_ctx: ssl.SSLContext | None, log: Path) -> None:
     request = f"GET /healthz HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
     deadline = time.perf_counter() + 60
@@ -1104,18 +1128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"command: {command}", flush=True)
     raise_fd_limit(args.pool + args.waiters + args.ceiling_conns + args.senders + 1024)
     report = Report(command=command, workers=args.workers, tls=args.tls)
-    report.load_average["start"] = [round(x, 2) for x in os.getloadavg()]
-    workdir = Path(tempfile.mkdtemp(prefix="s2-bench-"))  # 0700
     procs = Processes()
-    try:
+    with work_dir("s2-bench-", procs, args.keep, report.load_average) as workdir:
         uvloop.run(run(args, report, workdir, procs))
-    finally:
-        procs.stop()
-        if args.keep:
-            print(f"work dir kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    report.load_average["end"] = [round(x, 2) for x in os.getloadavg()]
     print_table(report)
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(report), indent=2))

@@ -19,10 +19,8 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
 import ssl
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +40,7 @@ from bench_bridge import (
     seed,
     tool_result,
     wait_healthy,
+    work_dir,
     write_config,
 )
 from s2_bridge import tokens
@@ -202,13 +201,9 @@ async def run(args: argparse.Namespace, workdir: Path, procs: Processes) -> None
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="s2-bench-lead-"))
     procs = Processes()
-    try:
+    with work_dir("s2-bench-lead-", procs) as workdir:
         uvloop.run(run(args, workdir, procs))
-    finally:
-        procs.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
