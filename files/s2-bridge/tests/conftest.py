@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from s2_bridge import tokens
 
 
 @pytest.fixture
@@ -291,6 +292,11 @@ async def create_conversation(bridge: Bridge, worker_id: str, role: str = "tests
     return created
 
 
+def shaped_token(kind: tokens.TokenKind, fill: str = "A") -> str:
+    """A token of the right shape (tokens.py) that no bridge issued: refused as unknown."""
+    return tokens.PREFIXES[kind] + fill * tokens.BODY_CHARS
+
+
 def write_credentials(bridge: Bridge, created: dict[str, Any], path: Path, *, worker_copy: bool = True) -> Path:
     """Write a credentials file per docs/CONTRACTS.md, 0600."""
     body = {
@@ -336,7 +342,7 @@ def worker_file(path: Path, url: str, ca_file: str | None = None) -> Path:
         "worker_id": "3",
         "worker_role": "worker-3-tests",
         "coordinator_token": "",
-        "worker_token": "s2w_" + "A" * 43,
+        "worker_token": shaped_token("worker"),
         "created_at": "2026-01-01T00:00:00+00:00",
         "expires_at": "2099-01-01T00:00:00+00:00",
         "bridge_url": url,

@@ -8,7 +8,7 @@ import time
 
 import httpx2
 import pytest
-from conftest import Bridge, call, connect, create_conversation
+from conftest import Bridge, call, connect, create_conversation, shaped_token
 from s2_bridge.permissions import tools_for
 
 pytestmark = pytest.mark.anyio
@@ -52,7 +52,7 @@ def test_missing_and_wrong_tokens_are_refused_and_audited(bridge: Bridge) -> Non
     assert missing.status_code == 401
     assert missing.json()["error"]["code"] == "unauthenticated"
     assert missing.headers["www-authenticate"].startswith("Bearer")
-    wrong = post_mcp(bridge, "s2w_" + "A" * 43)
+    wrong = post_mcp(bridge, shaped_token("worker"))
     assert wrong.status_code == 401
     assert wrong.json()["error"]["message"] == "unknown token"
     junk = post_mcp(bridge, "not-a-token")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -25,10 +24,10 @@ from typing import Any
 import pytest
 from conftest import free_port
 from fixtures_client import cli_env
-from s2_bridge import exitcodes
+from s2_bridge import exitcodes, tokens
 
-WORKER_TOKEN = "s2w_" + secrets.token_urlsafe(32)
-ADMIN_TOKEN = "s2a_" + secrets.token_urlsafe(32)
+WORKER_TOKEN = tokens.new_token("worker")
+ADMIN_TOKEN = tokens.new_token("admin")
 GARBAGE = b"\xff\xfe\x00\x80\xc3(garbage\x9f"
 
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import stat
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
-from conftest import Bridge, create_conversation
+from conftest import Bridge, create_conversation, shaped_token
 from fixtures_client import admin_call, as_coordinator, run_cli, write_worker_credentials
+from s2_bridge import tokens
 from s2_bridge.cli import main
 from s2_bridge.credentials import load_credentials
 
@@ -43,7 +43,7 @@ def good_credentials() -> dict[str, Any]:
         "worker_id": "3",
         "worker_role": "tests",
         "coordinator_token": "",
-        "worker_token": "s2w_" + secrets.token_urlsafe(32),
+        "worker_token": tokens.new_token("worker"),
         "created_at": "2026-11-24T01:00:00+00:00",
         "expires_at": "2036-12-24T01:00:00+00:00",
         "bridge_url": "http://127.0.0.1:9/mcp",
@@ -132,7 +132,7 @@ def test_bad_admin_config_exits_78_with_one_line(
     field: str,
     text: str,
 ) -> None:
-    token = private_file(tmp_path / "admin.token", "s2a_" + secrets.token_urlsafe(32))
+    token = private_file(tmp_path / "admin.token", tokens.new_token("admin"))
     config = tmp_path / "admin.toml"
     config.write_text(content.replace('"T"', f'"{token}"'))
     code, _, err = run_main(capsys, *command, "--config", str(config))
@@ -150,8 +150,8 @@ def test_bad_admin_config_exits_78_with_one_line(
 @pytest.mark.parametrize(
     ("case", "token_text", "mode", "text"),
     [
-        ("token file readable by group", "s2a_" + "A" * 43, 0o640, "chmod 600"),
-        ("not an admin token", "s2w_" + "A" * 43, 0o600, "admin token"),
+        ("token file readable by group", shaped_token("admin"), 0o640, "chmod 600"),
+        ("not an admin token", shaped_token("worker"), 0o600, "admin token"),
     ],
 )
 def test_bad_admin_token_file_exits_78(

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import mcp_types
 import pytest
-from conftest import PKI, Bridge, create_conversation
+from conftest import PKI, Bridge, create_conversation, shaped_token
 from s2_bridge.client import (
     AuthRefused,
     BridgeClient,
@@ -136,7 +136,7 @@ def silent_server() -> Iterator[int]:
 
 async def test_a_bridge_that_never_answers_times_out_as_unavailable(silent_server: int) -> None:
     url = f"http://127.0.0.1:{silent_server}/mcp"
-    async with BridgeClient(url, "s2w_" + "A" * 43, call_timeout_s=1.0, heartbeat_timeout_s=1.0) as client:
+    async with BridgeClient(url, shaped_token("worker"), call_timeout_s=1.0, heartbeat_timeout_s=1.0) as client:
         with pytest.raises(BridgeUnavailable, match=r"timed out|no answer"):
             await client.heartbeat()
         with pytest.raises(BridgeUnavailable, match=r"timed out|no answer"):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
+from s2_bridge import tokens
 from s2_bridge.credentials import (
     CredentialsWatcher,
     credentials_document,
@@ -19,8 +19,8 @@ from s2_bridge.credentials import (
 )
 from s2_bridge.errors import ConfigError
 
-WORKER_TOKEN = "s2w_" + secrets.token_urlsafe(32)
-COORDINATOR_TOKEN = "s2c_" + secrets.token_urlsafe(32)
+WORKER_TOKEN = tokens.new_token("worker")
+COORDINATOR_TOKEN = tokens.new_token("coordinator")
 
 
 def valid_document(ca_file: str) -> dict[str, Any]:
@@ -92,6 +92,8 @@ BAD_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("worker_id not a string", {"worker_id": 3}, "worker_id"),
     ("conversation id shape", {"conversation_id": "conv_xyz"}, "conversation_id"),
     ("empty worker id", {"worker_id": "  "}, "worker_id"),
+    ("worker id with a slash", {"worker_id": "../3"}, "worker_id"),
+    ("worker id too long", {"worker_id": "x" * 65}, "worker_id"),
     ("role too short", {"worker_role": "ab"}, "worker_role"),
     ("worker token shape", {"worker_token": "s2w_short"}, "worker_token"),
     ("coordinator token in worker slot", {"worker_token": COORDINATOR_TOKEN}, "worker_token"),
@@ -181,7 +183,7 @@ def test_watcher_reloads_on_change_and_keeps_old_credentials_when_new_file_is_ba
     path = write(tmp_path / "c.json", valid_document(ca_file))
     watcher = CredentialsWatcher(str(path))
     assert not watcher.changed()
-    rotated = "s2w_" + secrets.token_urlsafe(32)
+    rotated = tokens.new_token("worker")
     write_private_json(str(path), valid_document(ca_file) | {"worker_token": rotated})
     assert watcher.changed()
     assert watcher.reload().token == rotated
@@ -195,7 +197,7 @@ def test_watcher_reloads_on_change_and_keeps_old_credentials_when_new_file_is_ba
 
 
 def test_read_token_file_checks_mode_and_shape(tmp_path: Path) -> None:
-    token = "s2a_" + secrets.token_urlsafe(32)
+    token = tokens.new_token("admin")
     path = tmp_path / "admin.token"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     os.write(fd, (token + "\n").encode())
@@ -205,7 +207,7 @@ def test_read_token_file_checks_mode_and_shape(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="chmod 600"):
         read_token_file(str(path))
     path.chmod(0o600)
-    path.write_text("s2w_" + secrets.token_urlsafe(32))
+    path.write_text(tokens.new_token("worker"))
     with pytest.raises(ConfigError, match="admin token") as caught:
         read_token_file(str(path))
     assert "s2w_" not in str(caught.value)

@@ -15,7 +15,7 @@ import httpx2
 import pytest
 from conftest import PKI, Bridge, call, connect, create_conversation, issue_lead, raw_call
 from s2_bridge.check_messages import message_line
-from s2_bridge.status import fleet_table
+from s2_bridge.table import fleet_table
 
 pytestmark = pytest.mark.anyio
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
-from conftest import PKI, Bridge, create_conversation, heartbeat, serve_once, worker_file
+from conftest import PKI, Bridge, create_conversation, heartbeat, serve_once, shaped_token, worker_file
 from s2_bridge import exitcodes, lean_http
 from s2_bridge.client import BridgeClient
 from s2_bridge.credentials import load_credentials
@@ -215,7 +215,10 @@ async def test_forged_x_forwarded_for_neither_bypasses_the_limit_nor_reaches_aud
                 response = await http.post(
                     f"{bridge.base_url}/v1/heartbeat",
                     json={},
-                    headers={"Authorization": "Bearer s2w_" + "B" * 43, "X-Forwarded-For": f"203.0.113.{number}"},
+                    headers={
+                        "Authorization": "Bearer " + shaped_token("worker", "B"),
+                        "X-Forwarded-For": f"203.0.113.{number}",
+                    },
                 )
                 statuses.append(response.status_code)
         assert statuses[:5] == [401] * 5
@@ -251,7 +254,7 @@ async def test_a_path_cannot_forge_a_log_line_or_fill_audit(tmp_path: Path, pki:
     bridge = limited_bridge(tmp_path, pki)
     try:
         async with httpx2.AsyncClient(verify=bridge.ssl_context(), timeout=10.0) as http:
-            headers = {"Authorization": "Bearer s2w_" + "C" * 43}
+            headers = {"Authorization": "Bearer " + shaped_token("worker", "C")}
             forged = await http.post(f"{bridge.base_url}/v1/x%0aCRITICAL%20forged%1b[2J", json={}, headers=headers)
             huge = await http.post(f"{bridge.base_url}/v1/{'a' * 60_000}", json={}, headers=headers)
         assert forged.status_code == 401
@@ -314,13 +317,13 @@ def test_insecure_http_is_refused_off_loopback(tmp_path: Path) -> None:
 async def test_clients_refuse_plain_http_to_a_remote_host(tmp_path: Path) -> None:
     remote = "http://10.0.0.5:8443/mcp"
     with pytest.raises(ConfigError, match="clear text"):
-        BridgeClient(remote, "s2w_" + "A" * 43)
+        BridgeClient(remote, shaped_token("worker"))
     with pytest.raises(lean_http.HttpFailure, match="clear text"):
-        lean_http.get_json(remote, "s2w_" + "A" * 43, "/v1/updates", deadline=time.monotonic() + 1)
+        lean_http.get_json(remote, shaped_token("worker"), "/v1/updates", deadline=time.monotonic() + 1)
     with pytest.raises(ConfigError, match="bridge_url"):
         load_credentials(str(worker_file(tmp_path / "remote.json", remote)))
     # loopback stays allowed (tests and a bridge on the same host)
-    BridgeClient("http://127.0.0.1:8443/mcp", "s2w_" + "A" * 43)
+    BridgeClient("http://127.0.0.1:8443/mcp", shaped_token("worker"))
     load_credentials(str(worker_file(tmp_path / "local.json", "http://localhost:8443/mcp")))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +17,8 @@ from conftest import Bridge, call, connect, create_conversation
 from fixtures_client import Daemon, admin_call
 from hypothesis import given
 from hypothesis import strategies as st
+from s2_bridge import tokens
+from s2_bridge.models import worker_sort_key
 from s2_bridge.watchdog import (
     Alert,
     NoHealthyWorker,
@@ -26,7 +27,6 @@ from s2_bridge.watchdog import (
     WatchdogState,
     decide,
     plan_reassignments,
-    worker_sort_key,
 )
 
 # --- decide(): pure ----------------------------------------------------------------------------
@@ -309,7 +309,7 @@ async def test_watchdog_survives_a_bridge_outage(plain_bridge: Bridge) -> None:
 async def test_refused_admin_token_exits_77(plain_bridge: Bridge, tmp_path: Path) -> None:
     fake = tmp_path / "wrong-admin.token"
     fd = os.open(fake, os.O_WRONLY | os.O_CREAT, 0o600)
-    os.write(fd, ("s2a_" + secrets.token_urlsafe(32)).encode())
+    os.write(fd, (tokens.new_token("admin")).encode())
     os.close(fd)
     config = tmp_path / "admin-wrong.toml"
     config.write_text(f'bridge_url = "{plain_bridge.url}"\nadmin_token_file = "{fake}"\n[watchdog]\ninterval_s = 0.3\n')

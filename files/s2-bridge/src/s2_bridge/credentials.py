@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from s2_bridge import tokens
+from s2_bridge import ids, tokens
 from s2_bridge.errors import ConfigError
 from s2_bridge.loopback import PLAIN_HTTP_FIX, plain_http_refusal
 
@@ -243,8 +243,8 @@ def parse_credentials(path: str, data: Any) -> Credentials:
             f"{values['conversation_id']!r} is not conv_ + 16 hex digits",
             "copy the id again",
         )
-    if not values["worker_id"].strip():
-        raise ConfigError(path, "worker_id", "is empty", 'set it to the worker\'s id, e.g. "3"')
+    if not ids.is_worker_id(values["worker_id"]):
+        raise ConfigError(path, "worker_id", f"{values['worker_id']!r} is not a valid worker id", ids.WORKER_ID_FIX)
     _check_role(path, "worker_role", values["worker_role"])
     _check_token(path, "coordinator_token", values["coordinator_token"], "coordinator")
     _check_token(path, "worker_token", values["worker_token"], "worker")
@@ -339,8 +339,10 @@ def credentials_document(result: dict[str, Any], bridge_url: str, ca_file: str |
     return {key: document.get(key, "") for key in fields}
 
 
-def write_private_json(path: str, document: dict[str, Any]) -> None:
-    """Write JSON as mode 0600, atomically: a reader sees the old file or the new one, never half."""
+def write_private_text(path: str, text: str, *, durable: bool = True) -> None:
+    """Write a secret file (a token, credentials, a cursor) as mode 0600, atomically: a reader
+    sees the old file or the new one, never half of it, and never a readable one. The one writer
+    of private files in the runtime; `durable` also fsyncs the file and the rename."""
     target = Path(path)
     directory = target.parent
     if not directory.is_dir():
@@ -349,16 +351,23 @@ def write_private_json(path: str, document: dict[str, Any]) -> None:
     fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+            handle.write(text)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         Path(temp_name).replace(target)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+    if not durable:
+        return
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def write_private_json(path: str, document: dict[str, Any], *, durable: bool = True) -> None:
+    """`document` as indented JSON through write_private_text (0600, atomic)."""
+    write_private_text(path, json.dumps(document, indent=2) + "\n", durable=durable)

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +33,7 @@ from typing import Any
 
 from s2_bridge import exitcodes, permissions, tokens
 from s2_bridge.argtypes import seconds_between
-from s2_bridge.credentials import Credentials, load_credentials
+from s2_bridge.credentials import Credentials, load_credentials, write_private_json
 from s2_bridge.lean_http import HttpFailure, get_json, tls_context
 from s2_bridge.logsafe import escape_controls
 
@@ -219,15 +218,9 @@ def load_state(path: Path, owner: str) -> dict[str, Any]:
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    """Atomic and 0600: a reader sees the old file or the new one."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(state, handle)
-        Path(temp).replace(path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    """Atomic and 0600: a reader sees the old file or the new one. Not fsynced: a cursor lost
+    to a power cut only shows some messages again."""
+    write_private_json(str(path), state, durable=False)
 
 
 @contextlib.contextmanager

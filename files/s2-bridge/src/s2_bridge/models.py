@@ -14,7 +14,9 @@ ActionType = Literal["question", "info", "proposal", "blocked", "complete", "tas
 AgentStatus = Literal["working", "waiting", "blocked", "complete", "idle"]
 TaskState = Literal["assigned", "in_progress", "done", "blocked"]
 WorkerTaskState = Literal["in_progress", "done", "blocked"]
-Health = Literal["healthy", "silent", "never_seen"]
+# A worker that cannot work: no heartbeat for too long, or none yet (the watchdog's alerts).
+Unhealthy = Literal["silent", "never_seen"]
+Health = Literal["healthy", Unhealthy]
 AlertKind = Literal["silent", "recovered", "never_seen"]
 
 OPEN_TASK_STATES: tuple[TaskState, ...] = ("assigned", "in_progress", "blocked")

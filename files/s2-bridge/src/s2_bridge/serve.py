@@ -15,26 +15,13 @@ import uvicorn
 from s2_bridge import dblock, exitcodes, netguard, tokens
 from s2_bridge.app import BridgeApp
 from s2_bridge.config import BridgeConfig, load_bridge_config
+from s2_bridge.credentials import write_private_text
 from s2_bridge.errors import ConfigError
 from s2_bridge.loopback import is_loopback_host
 from s2_bridge.service import BridgeService
 from s2_bridge.store import Store, open_store
 
 log = logging.getLogger("s2_bridge.serve")
-
-
-def write_secret_file(path: str, content: str) -> None:
-    """Write a 0600 file atomically: a reader never sees it half-written or world-readable."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, content.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, target)
 
 
 def ensure_admin_token(store: Store, path: str) -> None:
@@ -64,7 +51,8 @@ def ensure_admin_token(store: Store, path: str) -> None:
 def _issue_admin_token(store: Store, path: str) -> None:
     token = tokens.new_token("admin")
     store.replace_admin_token(tokens.token_hash(token), time.time())
-    write_secret_file(path, token + "\n")
+    Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_private_text(path, token + "\n")
     log.info("wrote a new admin token to %s", path)
 
 

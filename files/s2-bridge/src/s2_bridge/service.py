@@ -9,7 +9,7 @@ the lead's token) and is the one class the app and the tools use.
 
 from __future__ import annotations
 
-from s2_bridge import tokens
+from s2_bridge import ids, tokens
 from s2_bridge.caller import Caller
 from s2_bridge.errors import invalid
 from s2_bridge.models import (
@@ -21,7 +21,7 @@ from s2_bridge.models import (
     Revoked,
     iso,
 )
-from s2_bridge.service_core import LEAD_KEY, ROLE_MAX, ROLE_MIN, WORKER_ID_RE, check_length, store_error
+from s2_bridge.service_core import LEAD_KEY, ROLE_MAX, ROLE_MIN, check_length, store_error
 from s2_bridge.store import StoreError
 from s2_bridge.taskboard import TaskBoard
 
@@ -52,8 +52,8 @@ class BridgeService(TaskBoard):
         check_length("my_role", my_role, ROLE_MIN, ROLE_MAX)
         check_length("partner_role", partner_role, ROLE_MIN, ROLE_MAX)
         worker = partner_role if worker_id is None else worker_id
-        if not WORKER_ID_RE.match(worker):
-            raise invalid("worker_id", f"{worker!r} is not a valid worker id", "use letters, digits, '.', '_', '-'")
+        if not ids.is_worker_id(worker):
+            raise invalid("worker_id", f"{worker!r} is not a valid worker id", ids.WORKER_ID_FIX)
         ttl = self._ttl(ttl_s)
         coordinator_token, worker_token = self._issue_pair()
         now = self.clock()

@@ -8,7 +8,6 @@ the file named after its topic.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,7 +20,6 @@ from s2_bridge.inbox import InboxSignals
 from s2_bridge.models import Box, Conversation, is_expired
 from s2_bridge.store import Store, StoreError
 
-WORKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ROLE_MIN, ROLE_MAX = 3, 100
 TTL_MIN_S, TTL_MAX_S = 60, 366 * 24 * 3600
 CALLER_CACHE_MAX = 200_000

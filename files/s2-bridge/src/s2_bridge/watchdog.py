@@ -22,18 +22,17 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 from s2_bridge import exitcodes
 from s2_bridge.backoff import Backoff
 from s2_bridge.client import AuthRefused, BridgeClient, BridgeUnavailable, ToolCallError
 from s2_bridge.config import AdminConfig, load_admin_config
 from s2_bridge.daemon import run_until_signal
-from s2_bridge.models import OPEN_TASK_STATES, AlertKind, Health, health_of, worker_sort_key
+from s2_bridge.models import OPEN_TASK_STATES, AlertKind, Health, Unhealthy, health_of, worker_sort_key
 
 log = logging.getLogger("s2_bridge.watchdog")
 
-__all__ = ["OPEN_TASK_STATES", "AlertKind", "Health", "worker_sort_key"]  # re-exported for status and tests
 BACKOFF_CAP_S = 60.0
 
 
@@ -44,7 +43,7 @@ BACKOFF_CAP_S = 60.0
 class WorkerTrack:
     """What the watchdog remembers about one worker: the alert still standing, if any."""
 
-    alerted: Literal["silent", "never_seen"] | None = None
+    alerted: Unhealthy | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ class Stranded:
     """A worker that cannot work its open tasks: silent, or never seen after the grace period."""
 
     worker_id: str
-    why: Literal["silent", "never_seen"]
+    why: Unhealthy
 
 
 @dataclass(frozen=True)
