@@ -27,14 +27,15 @@ description:
     conversation per worker. A conversation whose roles differ from O(my_role) and O(partner_role) is
     replaced (a new one is created and the old one revoked).
   - The credentials file is written atomically (temporary file and rename), mode 0600, in a 0700 directory.
-    It holds both tokens, the fields of the s2 credentials contract (C(conversation_id), C(worker_id),
-    C(worker_role), C(coordinator_token), C(worker_token), C(created_at), C(expires_at), C(bridge_url),
-    C(ca_file)).
+    It holds both tokens, the fields of the s2 credentials contract as the runtime defines them
+    (C(conversation_id), C(worker_id), C(worker_role), C(coordinator_token), C(worker_token), C(created_at),
+    C(expires_at), C(bridge_url), C(ca_file)).
   - No token ever appears in the module's result, diff, warnings or error messages, nor on a command line.
 author:
   - S2 fleet maintainers (@s2-fleet)
 extends_documentation_fragment:
   - s2.fleet.bridge
+  - s2.fleet.bridge.credentials
 options:
   my_role:
     description:
@@ -48,21 +49,10 @@ options:
     type: str
   worker_id:
     description:
-      - Identifier of the worker, for example V(3). Letters, digits, C(.), C(_) and C(-); it names the
-        credentials file.
+      - Identifier of the worker, for example V(3). 1 to 64 letters, digits, C(.), C(_) and C(-), starting with
+        a letter or digit (the runtime's worker-id rule); it names the credentials file.
     type: str
     required: true
-  ttl_s:
-    description:
-      - Lifetime in seconds of a conversation this module creates or rotates.
-    type: int
-    default: 2592000
-  min_lifetime_s:
-    description:
-      - With O(state=present), rotate the conversation when it has less than this many seconds left.
-      - Must be smaller than O(ttl_s), or every run would rotate.
-    type: int
-    default: 604800
   state:
     description:
       - V(present) keeps a live conversation and its credentials file, creating or rotating only when needed.
@@ -74,18 +64,9 @@ options:
   credentials_dir:
     description:
       - Directory for the orchestrator's copy of the credentials files. Created with mode 0700 when missing.
+      - An existing directory is brought to mode 0700 and to O(owner) and O(group) too.
     type: path
     default: /var/lib/s2-fleet/credentials
-  owner:
-    description:
-      - User that owns the credentials file and directory (the orchestrator's agent user).
-      - When omitted, the user the module runs as.
-    type: str
-  group:
-    description:
-      - Group of the credentials file and directory. When omitted, the primary group of the user the module
-        runs as (or unchanged for an existing file).
-    type: str
   ca_file_for_workers:
     description:
       - CA path written into the credentials file as C(ca_file), the path workers find the fleet CA at.
@@ -114,7 +95,7 @@ EXAMPLES = r"""
 - name: Worker 3 has a conversation with at least a week of life left
   s2.fleet.bridge_conversation:
     bridge_url: https://orchestrator.example:8443/mcp
-    ca_path: /etc/s2-bridge/tls/ca.crt
+    ca_file: /etc/s2-bridge/tls/ca.crt
     worker_id: "3"
     partner_role: tests
     owner: agent
@@ -124,7 +105,7 @@ EXAMPLES = r"""
 - name: Provision one worker alone; the call runs on the orchestrator
   s2.fleet.bridge_conversation:
     bridge_url: "{{ s2_bridge_url }}"
-    ca_path: /etc/s2-bridge/tls/ca.crt
+    ca_file: /etc/s2-bridge/tls/ca.crt
     worker_id: "{{ s2_worker_id }}"
     partner_role: "{{ s2_worker_role }}"
   delegate_to: "{{ groups['orchestrator'][0] }}"
@@ -133,7 +114,7 @@ EXAMPLES = r"""
 - name: Rotate the tokens now (the old ones stop working)
   s2.fleet.bridge_conversation:
     bridge_url: https://orchestrator.example:8443/mcp
-    ca_path: /etc/s2-bridge/tls/ca.crt
+    ca_file: /etc/s2-bridge/tls/ca.crt
     worker_id: "3"
     partner_role: tests
     state: rotated
@@ -142,7 +123,7 @@ EXAMPLES = r"""
 - name: Retire worker 3
   s2.fleet.bridge_conversation:
     bridge_url: https://orchestrator.example:8443/mcp
-    ca_path: /etc/s2-bridge/tls/ca.crt
+    ca_file: /etc/s2-bridge/tls/ca.crt
     worker_id: "3"
     state: absent
   become: true
@@ -195,49 +176,12 @@ revoked_conversation_ids:
 
 import datetime
 import os
-import re
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import (
-    BRIDGE_ARGUMENT_SPEC,
-    BridgeError,
-    client_for_module,
-    ensure_mcp,
-    fail_with_bridge_error,
-    redact,
-)
-from ansible_collections.s2.fleet.plugins.module_utils.credentials_file import (
-    EPOCH,
-    CredentialsError,
-    directory_needs_fix,
-    ensure_directory,
-    file_needs_fix,
-    iso,
-    parse_time,
-    read_json_object,
-    resolve_ids,
-    utcnow,
-    write_json_atomic,
-)
+from ansible_collections.s2.fleet.plugins.module_utils import _credentials_flow as flow
+from ansible_collections.s2.fleet.plugins.module_utils.runtime import Failure, bad_result
 
-WORKER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-# The credentials contract (docs/CONTRACTS.md), in the order the file lists them.
-CREDENTIAL_FIELDS = (
-    "conversation_id",
-    "worker_id",
-    "worker_role",
-    "coordinator_token",
-    "worker_token",
-    "created_at",
-    "expires_at",
-    "bridge_url",
-    "ca_file",
-)
 TOKEN_FIELDS = ("coordinator_token", "worker_token")
-
-# A failure the module reports as is (the shared class, under the name this module always used).
-ConversationError = CredentialsError
 
 
 def credentials_path(credentials_dir, worker_id):
@@ -246,10 +190,10 @@ def credentials_path(credentials_dir, worker_id):
 
 def read_credentials(path):
     """The parsed credentials file when it is a usable orchestrator copy (both tokens), else None."""
-    data = read_json_object(path)
+    data = flow.read_json_object(path)
     if data is None or not isinstance(data.get("conversation_id"), str):
         return None
-    if not all(isinstance(data.get(name), str) and data.get(name) for name in TOKEN_FIELDS):
+    if len(flow.tokens_of(data, TOKEN_FIELDS)) != len(TOKEN_FIELDS):
         return None
     return data
 
@@ -274,31 +218,19 @@ def describe(conv=None, data=None, path=None):
 
 
 def _new_credentials(issued, params, tool):
-    """The credentials file content from a create/rotate result; BridgeError when a field is missing."""
+    """The credentials file content from a create/rotate result (the runtime's document); Failure when a field
+    is missing."""
+    document = flow.credentials_document(issued, params["bridge_url"], params["ca_file_for_workers"])
+    document["worker_id"] = "%s" % (document["worker_id"] or params["worker_id"])
+    document["worker_role"] = document["worker_role"] or params["partner_role"]
     missing = [
         name
         for name in ("conversation_id", "expires_at") + TOKEN_FIELDS
-        if not isinstance(issued.get(name), str) or not issued.get(name)
+        if not isinstance(document[name], str) or not document[name]
     ]
     if missing:
-        raise BridgeError(
-            "%s result lacks %s" % (tool, ", ".join(missing)),
-            code="bad_result",
-            tool=tool,
-            fix="the bridge and this collection disagree on the tool contract: upgrade both",
-        )
-    values = {
-        "conversation_id": issued["conversation_id"],
-        "worker_id": "%s" % (issued.get("worker_id") or params["worker_id"]),
-        "worker_role": issued.get("worker_role") or params["partner_role"],
-        "coordinator_token": issued["coordinator_token"],
-        "worker_token": issued["worker_token"],
-        "created_at": issued.get("created_at"),
-        "expires_at": issued["expires_at"],
-        "bridge_url": params["bridge_url"],
-        "ca_file": params["ca_file_for_workers"],
-    }
-    return {name: values[name] for name in CREDENTIAL_FIELDS}
+        raise bad_result(tool, "%s result lacks %s" % (tool, ", ".join(missing)))
+    return document
 
 
 def plan(params, conversations, data, file_ok, now):
@@ -315,7 +247,7 @@ def plan(params, conversations, data, file_ok, now):
         for c in conversations
         if isinstance(c, dict) and not c.get("revoked") and "%s" % c.get("worker_id") == worker_id
     ]
-    live.sort(key=lambda c: parse_time(c.get("created_at")) or EPOCH, reverse=True)  # newest first
+    live.sort(key=lambda c: flow.parse_time(c.get("created_at")) or flow.EPOCH, reverse=True)  # newest first
     file_conv = None
     if data:
         file_conv = next((c for c in live if c.get("conversation_id") == data["conversation_id"]), None)
@@ -339,14 +271,14 @@ def plan(params, conversations, data, file_ok, now):
         return "created", None, revoke
     if state == "rotated" or target is not file_conv:
         return "rotated", target, revoke
-    bridge_expiry = parse_time(target.get("expires_at"))
+    bridge_expiry = flow.parse_time(target.get("expires_at"))
     if bridge_expiry is None:
-        raise BridgeError(
+        raise Failure(
+            "bad_result",
             "list_conversations gave no expires_at for %s" % target.get("conversation_id"),
-            code="bad_result",
             tool="list_conversations",
         )
-    if parse_time(data.get("expires_at")) != bridge_expiry:
+    if flow.parse_time(data.get("expires_at")) != bridge_expiry:
         # The file holds tokens of an older generation (a rotation whose file write was lost).
         return "rotated", target, revoke
     if (bridge_expiry - now).total_seconds() < params["min_lifetime_s"]:
@@ -360,36 +292,33 @@ def desired_from_file(data, params):
     """The file's content with the settings this run asks for (same tokens)."""
     values = dict(data)
     values.update(worker_id=params["worker_id"], bridge_url=params["bridge_url"], ca_file=params["ca_file_for_workers"])
-    return {name: values.get(name) for name in CREDENTIAL_FIELDS}
+    return {name: values.get(name) for name in flow.FIELDS}
 
 
 def converge(params, call, check_mode=False, on_secret=None, now=None):
     """Bring one worker's conversation and credentials file to params['state'].
 
     params: the module's parameters.  call(tool, arguments) -> dict calls an admin tool on the bridge
-    (BridgeClient.call).  on_secret(value) is told every token this run reads or receives (the module
+    (AdminBridge.call).  on_secret(value) is told every token this run reads or receives (the module
     registers them as no_log values).  Returns the module result plus a 'diff' key; holds no token.
     """
-    now = now or utcnow()
+    now = now or flow.utcnow()
     on_secret = on_secret or (lambda value: None)
     worker_id = params["worker_id"]
     path = credentials_path(params["credentials_dir"], worker_id)
-    uid, gid = resolve_ids(params.get("owner"), params.get("group"))
+    uid, gid = flow.resolve_ids(params.get("owner"), params.get("group"))
 
     listing = call("list_conversations", {"include_revoked": False})
     conversations = listing.get("conversations")
     if not isinstance(conversations, list):
-        raise BridgeError(
-            "list_conversations returned no conversations list", code="bad_result", tool="list_conversations"
-        )
+        raise bad_result("list_conversations", "list_conversations returned no conversations list")
     data = read_credentials(path)
-    for name in TOKEN_FIELDS:
-        if data and data.get(name):
-            on_secret(data[name])
+    for token in flow.tokens_of(data, TOKEN_FIELDS):
+        on_secret(token)
     file_ok = (
         data is not None
-        and not file_needs_fix(path, uid, gid)
-        and not directory_needs_fix(params["credentials_dir"], uid, gid)
+        and not flow.file_needs_fix(path, uid, gid)
+        and not flow.directory_needs_fix(params["credentials_dir"], uid, gid)
     )
 
     action, target, revoke = plan(params, conversations, data, file_ok, now)
@@ -409,7 +338,9 @@ def converge(params, call, check_mode=False, on_secret=None, now=None):
     def fail_after(err):
         if not mutated:
             raise err
-        raise ConversationError("%s (after %s had already been done)" % (err, ", ".join(mutated)), changed=True)
+        raise Failure(
+            "credentials_file", "%s (after %s had already been done)" % (err, ", ".join(mutated)), changed=True
+        )
 
     def revoke_all():
         for conv in revoke:
@@ -425,7 +356,7 @@ def converge(params, call, check_mode=False, on_secret=None, now=None):
             revoke_all()
         if action in ("created", "rotated"):
             if check_mode:
-                expires = iso(now + datetime.timedelta(seconds=params["ttl_s"]))
+                expires = flow.iso(now + datetime.timedelta(seconds=params["ttl_s"]))
                 conv = dict(
                     target or {},
                     worker_id=worker_id,
@@ -451,13 +382,12 @@ def converge(params, call, check_mode=False, on_secret=None, now=None):
                 else:
                     tool = "rotate_conversation"
                     issued = call(tool, {"conversation_id": target["conversation_id"], "ttl_s": params["ttl_s"]})
-                for name in TOKEN_FIELDS:
-                    if isinstance(issued.get(name), str) and issued.get(name):
-                        on_secret(issued[name])
+                for token in flow.tokens_of(issued, TOKEN_FIELDS):
+                    on_secret(token)
                 mutated.append("%s %s" % (tool, issued.get("conversation_id")))
                 content = _new_credentials(issued, params, tool)
-                ensure_directory(params["credentials_dir"], uid, gid)
-                write_json_atomic(path, content, uid, gid)
+                flow.ensure_directory(params["credentials_dir"], uid, gid)
+                flow.write_file(path, content, uid, gid)
                 mutated.append("writing %s" % path)
                 coordinator_role = (target or {}).get("coordinator_role") or params["my_role"]
                 after = describe(
@@ -465,8 +395,8 @@ def converge(params, call, check_mode=False, on_secret=None, now=None):
                 )
         elif action in ("updated", "unchanged"):
             if action == "updated" and not check_mode:
-                ensure_directory(params["credentials_dir"], uid, gid)
-                write_json_atomic(path, desired_from_file(data, params), uid, gid)
+                flow.ensure_directory(params["credentials_dir"], uid, gid)
+                flow.write_file(path, desired_from_file(data, params), uid, gid)
                 mutated.append("writing %s" % path)
             after = describe(target, desired_from_file(data, params), path)
 
@@ -476,7 +406,7 @@ def converge(params, call, check_mode=False, on_secret=None, now=None):
         if action == "revoked" and os.path.lexists(path) and not check_mode:
             os.remove(path)
             mutated.append("removing %s" % path)
-    except (BridgeError, IOError, OSError) as err:
+    except (Failure, IOError, OSError) as err:
         fail_after(err)
 
     if action in ("revoked", "absent"):
@@ -497,57 +427,27 @@ def converge(params, call, check_mode=False, on_secret=None, now=None):
     return result
 
 
-def argument_spec():
-    spec = dict(BRIDGE_ARGUMENT_SPEC)
-    spec.update(
-        my_role={"type": "str", "default": "s2-orchestrator"},
-        partner_role={"type": "str"},
-        worker_id={"type": "str", "required": True},
-        ttl_s={"type": "int", "default": 2592000},
-        min_lifetime_s={"type": "int", "default": 604800},
-        state={"type": "str", "default": "present", "choices": ["present", "absent", "rotated"]},
-        credentials_dir={"type": "path", "default": "/var/lib/s2-fleet/credentials"},
-        owner={"type": "str"},
-        group={"type": "str"},
-        ca_file_for_workers={"type": "str", "default": "/etc/s2-fleet/ca.crt"},
-    )
-    return spec
+def check_worker_id(params):
+    """The runtime's worker-id rule (the id names the credentials file)."""
+    if not flow.is_worker_id(params["worker_id"]):
+        return "worker_id %r: %s (it names the credentials file)" % (params["worker_id"], flow.WORKER_ID_FIX)
+    return None
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=argument_spec(),
+        argument_spec=flow.argument_spec(
+            my_role={"type": "str", "default": "s2-orchestrator"},
+            partner_role={"type": "str"},
+            worker_id={"type": "str", "required": True},
+            state={"type": "str", "default": "present", "choices": ["present", "absent", "rotated"]},
+            credentials_dir={"type": "path", "default": "/var/lib/s2-fleet/credentials"},
+            ca_file_for_workers={"type": "str", "default": "/etc/s2-fleet/ca.crt"},
+        ),
         required_if=[("state", "present", ["partner_role"]), ("state", "rotated", ["partner_role"])],
         supports_check_mode=True,
     )
-    params = module.params
-    if not WORKER_ID_PATTERN.match(params["worker_id"]):
-        module.fail_json(
-            msg='worker_id %r: use 1-64 letters, digits, ".", "_" or "-" (it names the credentials file)'
-            % params["worker_id"]
-        )
-    if params["ttl_s"] <= 0:
-        module.fail_json(msg="ttl_s must be positive")
-    if params["min_lifetime_s"] < 0 or (params["state"] == "present" and params["min_lifetime_s"] >= params["ttl_s"]):
-        module.fail_json(
-            msg="min_lifetime_s must be between 0 and ttl_s (%s), or every run would rotate" % params["ttl_s"]
-        )
-
-    ensure_mcp(module)
-    try:
-        client = client_for_module(module)
-        result = converge(params, client.call, check_mode=module.check_mode, on_secret=module.no_log_values.add)
-    except BridgeError as err:
-        fail_with_bridge_error(module, err, changed=False)
-    except ConversationError as err:
-        module.fail_json(msg=redact(err), changed=err.changed)
-    except (IOError, OSError) as err:
-        module.fail_json(msg=redact("credentials file: %s" % err))
-
-    diff = result.pop("diff")
-    if module._diff:
-        result["diff"] = diff
-    module.exit_json(**result)
+    flow.run(module, converge, prepare=check_worker_id)
 
 
 if __name__ == "__main__":

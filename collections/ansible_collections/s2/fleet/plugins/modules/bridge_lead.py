@@ -32,6 +32,7 @@ author:
   - S2 fleet maintainers (@s2-fleet)
 extends_documentation_fragment:
   - s2.fleet.bridge
+  - s2.fleet.bridge.credentials
 options:
   path:
     description:
@@ -44,17 +45,6 @@ options:
       - A live lead of another role is rotated into this one.
     type: str
     default: s2-orchestrator
-  ttl_s:
-    description:
-      - Lifetime in seconds of a lead token this module issues.
-    type: int
-    default: 2592000
-  min_lifetime_s:
-    description:
-      - With O(state=present), rotate the lead token when it has less than this many seconds left.
-      - Must be smaller than O(ttl_s), or every run would rotate.
-    type: int
-    default: 604800
   state:
     description:
       - V(present) keeps a live lead token and its file, rotating only when needed.
@@ -62,16 +52,6 @@ options:
     type: str
     choices: [present, rotated]
     default: present
-  owner:
-    description:
-      - User that owns the file (the orchestrator's agent user), and a directory the module creates.
-      - When omitted, the user the module runs as.
-    type: str
-  group:
-    description:
-      - Group of the file. When omitted, the primary group of the user the module runs as (or unchanged for an
-        existing file).
-    type: str
   bridge_url_for_lead:
     description:
       - URL written into the file as C(bridge_url), the URL the lead's commands (C(s2-bridge mcp-proxy), C(hook))
@@ -82,7 +62,7 @@ options:
   ca_file_for_lead:
     description:
       - CA path written into the file as C(ca_file). It must be readable by O(owner).
-      - When omitted, O(ca_path); an empty string when that is omitted too (an C(http://) bridge).
+      - When omitted, O(ca_file); an empty string when that is omitted too (an C(http://) bridge).
     type: str
 attributes:
   check_mode:
@@ -109,7 +89,7 @@ EXAMPLES = r"""
 - name: The orchestrator's agent holds a lead token with at least a week of life left
   s2.fleet.bridge_lead:
     bridge_url: https://127.0.0.1:8443/mcp
-    ca_path: /etc/s2-bridge/tls/ca.crt
+    ca_file: /etc/s2-bridge/tls/ca.crt
     path: /home/agent/.s2/s2-lead-credentials.json
     owner: agent
     group: agent
@@ -119,7 +99,7 @@ EXAMPLES = r"""
 - name: Rotate the lead token now (the old one stops working)
   s2.fleet.bridge_lead:
     bridge_url: https://127.0.0.1:8443/mcp
-    ca_path: /etc/s2-bridge/tls/ca.crt
+    ca_file: /etc/s2-bridge/tls/ca.crt
     path: /home/agent/.s2/s2-lead-credentials.json
     owner: agent
     state: rotated
@@ -154,70 +134,41 @@ path:
 
 import datetime
 import os
-import re
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import (
-    BRIDGE_ARGUMENT_SPEC,
-    BridgeError,
-    client_for_module,
-    ensure_mcp,
-    fail_with_bridge_error,
-    redact,
-)
-from ansible_collections.s2.fleet.plugins.module_utils.credentials_file import (
-    DIR_MODE,
-    CredentialsError,
-    file_needs_fix,
-    iso,
-    parse_time,
-    read_json_object,
-    resolve_ids,
-    utcnow,
-    write_json_atomic,
-)
+from ansible_collections.s2.fleet.plugins.module_utils import _credentials_flow as flow
+from ansible_collections.s2.fleet.plugins.module_utils.runtime import Failure, bad_result
 
-# The lead credentials contract (docs/CONTRACTS.md, "Lead credentials file"), in the file's order.
-LEAD_FIELDS = ("lead_role", "lead_token", "created_at", "expires_at", "bridge_url", "ca_file")
-LEAD_TOKEN = re.compile(r"^s2l_[A-Za-z0-9_-]{43}$")
 ROLE_MIN = 3
 ROLE_MAX = 100
 
 
-def bad_result(tool, message):
-    return BridgeError(
-        message,
-        code="bad_result",
-        tool=tool,
-        fix="the bridge and this collection disagree on the tool contract: upgrade both",
-    )
-
-
 def read_lead_file(path):
     """The parsed lead file when it holds a lead token and a role, else None."""
-    data = read_json_object(path)
+    data = flow.read_json_object(path)
     if data is None:
         return None
     token = data.get("lead_token")
-    if not isinstance(token, str) or not LEAD_TOKEN.match(token) or not isinstance(data.get("lead_role"), str):
+    if not isinstance(token, str) or not flow.PATTERNS["lead"].match(token):
+        return None
+    if not isinstance(data.get("lead_role"), str):
         return None
     return data
 
 
 def live_lead(listing):
-    """The bridge's lead entry ({lead_role, created_at, expires_at}) or None; BridgeError for another shape."""
+    """The bridge's lead entry ({lead_role, created_at, expires_at}) or None; Failure for another shape."""
     if "lead" not in listing:
-        raise BridgeError(
+        raise bad_result(
+            "list_conversations",
             "list_conversations returned no lead entry",
-            code="bad_result",
-            tool="list_conversations",
             fix="the bridge predates the lead identity: upgrade the s2-bridge runtime on the orchestrator "
             "(role s2.fleet.mcp_bridge)",
         )
     lead = listing["lead"]
     if lead is None:
         return None
-    if not isinstance(lead, dict) or parse_time(lead.get("expires_at")) is None:
+    if not isinstance(lead, dict) or flow.parse_time(lead.get("expires_at")) is None:
         raise bad_result("list_conversations", "list_conversations gave a lead entry without a valid expires_at")
     return lead
 
@@ -225,7 +176,7 @@ def live_lead(listing):
 def desired_content(data, params):
     """The file's content with the settings this run asks for (the token and times of data)."""
     values = dict(data, bridge_url=params["bridge_url_for_lead"], ca_file=params["ca_file_for_lead"])
-    return {name: values.get(name) for name in LEAD_FIELDS}
+    return {name: values.get(name) for name in flow.LEAD_FIELDS}
 
 
 def describe(lead=None, path=None):
@@ -246,8 +197,8 @@ def plan(params, lead, data, file_ok, now):
         return "rotated"
     if lead.get("lead_role") != params["lead_role"] or data.get("lead_role") != params["lead_role"]:
         return "rotated"
-    bridge_expiry = parse_time(lead.get("expires_at"))
-    if parse_time(data.get("expires_at")) != bridge_expiry:
+    bridge_expiry = flow.parse_time(lead.get("expires_at"))
+    if flow.parse_time(data.get("expires_at")) != bridge_expiry:
         # the file holds an older token (a rotation whose file write was lost, or another bridge's)
         return "rotated"
     if (bridge_expiry - now).total_seconds() < params["min_lifetime_s"]:
@@ -258,45 +209,39 @@ def plan(params, lead, data, file_ok, now):
 
 
 def new_content(issued, params):
-    """The file's content from a rotate_lead result; BridgeError when the result is not the contract's."""
+    """The file's content from a rotate_lead result (the runtime's document); Failure when it is not the
+    contract's."""
+    document = flow.credentials_document(issued, params["bridge_url_for_lead"], params["ca_file_for_lead"])
     missing = [
         name
         for name in ("lead_role", "lead_token", "created_at", "expires_at")
-        if not isinstance(issued.get(name), str) or not issued.get(name)
+        if not isinstance(document[name], str) or not document[name]
     ]
     if missing:
         raise bad_result("rotate_lead", "rotate_lead result lacks %s" % ", ".join(missing))
-    if not LEAD_TOKEN.match(issued["lead_token"]):
+    if not flow.PATTERNS["lead"].match(document["lead_token"]):
         raise bad_result("rotate_lead", "rotate_lead returned a lead_token that is not s2l_ + 43 characters")
-    return desired_content(issued, params)
-
-
-def ensure_parent(path, uid, gid):
-    """Create the file's directory 0700 (owned like the file) when it is missing."""
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        os.makedirs(directory, DIR_MODE)
-        os.chown(directory, uid, gid)
+    return document
 
 
 def converge(params, call, check_mode=False, on_secret=None, now=None):
     """Bring the lead token and its file to params['state'].
 
     params: the module's parameters (bridge_url_for_lead and ca_file_for_lead resolved).  call(tool, arguments)
-    -> dict calls an admin tool on the bridge (BridgeClient.call).  on_secret(value) is told every token this run
+    -> dict calls an admin tool on the bridge (AdminBridge.call).  on_secret(value) is told every token this run
     reads or receives (the module registers them as no_log values).  Returns the module result plus a 'diff' key;
     holds no token.
     """
-    now = now or utcnow()
+    now = now or flow.utcnow()
     on_secret = on_secret or (lambda value: None)
     path = params["path"]
-    uid, gid = resolve_ids(params.get("owner"), params.get("group"))
+    uid, gid = flow.resolve_ids(params.get("owner"), params.get("group"))
 
     lead = live_lead(call("list_conversations", {"include_revoked": False}))
     data = read_lead_file(path)
     if data:
         on_secret(data["lead_token"])
-    file_ok = data is not None and not file_needs_fix(path, uid, gid)
+    file_ok = data is not None and not flow.file_needs_fix(path, uid, gid)
 
     action = plan(params, lead, data, file_ok, now)
     before = describe(lead, path if data else None)
@@ -306,8 +251,8 @@ def converge(params, call, check_mode=False, on_secret=None, now=None):
         if check_mode:
             after = {
                 "lead_role": params["lead_role"],
-                "created_at": iso(now),
-                "expires_at": iso(now + datetime.timedelta(seconds=params["ttl_s"])),
+                "created_at": flow.iso(now),
+                "expires_at": flow.iso(now + datetime.timedelta(seconds=params["ttl_s"])),
                 "path": path,
             }
         else:
@@ -316,16 +261,23 @@ def converge(params, call, check_mode=False, on_secret=None, now=None):
                 on_secret(issued["lead_token"])
             try:
                 content = new_content(issued, params)
-            except BridgeError as err:
-                raise CredentialsError(
-                    "%s (after rotate_lead: the bridge may already refuse the previous lead token; run again)" % err,
+            except Failure as err:
+                raise Failure(
+                    err.code,
+                    "%s (after rotate_lead: the bridge may already refuse the previous lead token; run again)"
+                    % err.message,
+                    field=err.field,
+                    fix=err.fix,
+                    tool=err.tool,
                     changed=True,
                 ) from None
             try:
-                ensure_parent(path, uid, gid)
-                write_json_atomic(path, content, uid, gid)
+                # A missing directory is created 0700 (owned like the file); an existing one is left as it is.
+                flow.ensure_directory(os.path.dirname(path) or ".", uid, gid, enforce=False)
+                flow.write_file(path, content, uid, gid)
             except (IOError, OSError) as err:
-                raise CredentialsError(
+                raise Failure(
+                    "credentials_file",
                     "rotate_lead issued a new lead token (the bridge now refuses the previous one), but writing %s "
                     "failed: %s. Fix the cause and run again: the next run issues another token and writes it."
                     % (path, err),
@@ -335,7 +287,7 @@ def converge(params, call, check_mode=False, on_secret=None, now=None):
     elif action == "updated":
         content = desired_content(data, params)
         if not check_mode:
-            write_json_atomic(path, content, uid, gid)
+            flow.write_file(path, content, uid, gid)
         after = describe(dict(content, lead_role=lead.get("lead_role")), path)
     else:
         after = dict(before)
@@ -345,63 +297,39 @@ def converge(params, call, check_mode=False, on_secret=None, now=None):
     return result
 
 
-def argument_spec():
-    spec = dict(BRIDGE_ARGUMENT_SPEC)
-    spec.update(
-        path={"type": "path", "required": True},
-        lead_role={"type": "str", "default": "s2-orchestrator"},
-        ttl_s={"type": "int", "default": 2592000},
-        min_lifetime_s={"type": "int", "default": 604800},
-        state={"type": "str", "default": "present", "choices": ["present", "rotated"]},
-        owner={"type": "str"},
-        group={"type": "str"},
-        bridge_url_for_lead={"type": "str"},
-        ca_file_for_lead={"type": "str"},
-    )
-    return spec
-
-
-def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    params = module.params
+def prepare(params):
+    """The lead's own checks, and the file's bridge_url and ca_file defaulted to the module's own."""
     if not ROLE_MIN <= len(params["lead_role"]) <= ROLE_MAX:
-        module.fail_json(msg="lead_role %r: use %d-%d characters" % (params["lead_role"], ROLE_MIN, ROLE_MAX))
-    if params["ttl_s"] <= 0:
-        module.fail_json(msg="ttl_s must be positive")
-    if params["min_lifetime_s"] < 0 or (params["state"] == "present" and params["min_lifetime_s"] >= params["ttl_s"]):
-        module.fail_json(
-            msg="min_lifetime_s must be between 0 and ttl_s (%s), or every run would rotate" % params["ttl_s"]
-        )
+        return "lead_role %r: use %d-%d characters" % (params["lead_role"], ROLE_MIN, ROLE_MAX)
     if os.path.isdir(params["path"]):
-        module.fail_json(msg="path %s is a directory: name the lead credentials file itself" % params["path"])
+        return "path %s is a directory: name the lead credentials file itself" % params["path"]
     if params["bridge_url_for_lead"] is None:
         params["bridge_url_for_lead"] = params["bridge_url"]
     if params["ca_file_for_lead"] is None:
-        params["ca_file_for_lead"] = params["ca_path"] or ""
+        params["ca_file_for_lead"] = params["ca_file"] or ""
     if params["bridge_url_for_lead"].lower().startswith("https://"):
         ca_file = params["ca_file_for_lead"]
         if not ca_file or not os.path.isfile(ca_file):
-            module.fail_json(
-                msg="ca_file_for_lead %r: the lead's commands need the CA of an https bridge_url_for_lead, and no "
-                "such file exists on this host (the runtime would refuse the lead file, exit 78). Set ca_path or "
+            return (
+                "ca_file_for_lead %r: the lead's commands need the CA of an https bridge_url_for_lead, and no "
+                "such file exists on this host (the runtime would refuse the lead file, exit 78). Set ca_file or "
                 "ca_file_for_lead to the fleet CA, e.g. /etc/s2-bridge/tls/ca.crt" % ca_file
             )
+    return None
 
-    ensure_mcp(module)
-    try:
-        client = client_for_module(module)
-        result = converge(params, client.call, check_mode=module.check_mode, on_secret=module.no_log_values.add)
-    except BridgeError as err:
-        fail_with_bridge_error(module, err, changed=False)
-    except CredentialsError as err:
-        module.fail_json(msg=redact(err), changed=err.changed)
-    except (IOError, OSError) as err:
-        module.fail_json(msg=redact("lead credentials file: %s" % err))
 
-    diff = result.pop("diff")
-    if module._diff:
-        result["diff"] = diff
-    module.exit_json(**result)
+def main():
+    module = AnsibleModule(
+        argument_spec=flow.argument_spec(
+            path={"type": "path", "required": True},
+            lead_role={"type": "str", "default": "s2-orchestrator"},
+            state={"type": "str", "default": "present", "choices": ["present", "rotated"]},
+            bridge_url_for_lead={"type": "str"},
+            ca_file_for_lead={"type": "str"},
+        ),
+        supports_check_mode=True,
+    )
+    flow.run(module, converge, prepare=prepare, file_label="lead credentials file")
 
 
 if __name__ == "__main__":

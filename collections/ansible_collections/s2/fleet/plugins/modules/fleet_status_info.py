@@ -39,7 +39,7 @@ EXAMPLES = r"""
 - name: Read the fleet's health
   s2.fleet.fleet_status_info:
     bridge_url: https://orchestrator.example:8443/mcp
-    ca_path: /etc/s2-bridge/tls/ca.crt
+    ca_file: /etc/s2-bridge/tls/ca.crt
   become: true
   register: fleet
 
@@ -115,12 +115,13 @@ silent_after_s:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import (
+from ansible_collections.s2.fleet.plugins.module_utils.runtime import (
     BRIDGE_ARGUMENT_SPEC,
-    BridgeError,
-    client_for_module,
-    ensure_mcp,
-    fail_with_bridge_error,
+    Failure,
+    bad_result,
+    connect,
+    ensure_runtime,
+    fail,
 )
 
 COLUMNS = (
@@ -168,16 +169,11 @@ def make_table(workers):
 
 
 def fleet_status(call):
-    """The module result (without 'changed') from the bridge's fleet_status tool; call is BridgeClient.call."""
+    """The module result (without 'changed') from the bridge's fleet_status tool; call is AdminBridge.call."""
     answer = call("fleet_status", {})
     workers = answer.get("workers")
     if not isinstance(workers, list) or not all(isinstance(w, dict) for w in workers):
-        raise BridgeError(
-            "fleet_status returned no workers list",
-            code="bad_result",
-            tool="fleet_status",
-            fix="the bridge and this collection disagree on the tool contract: upgrade both",
-        )
+        raise bad_result("fleet_status", "fleet_status returned no workers list")
     workers = sorted(workers, key=_sort_key)
     return {
         "workers": workers,
@@ -189,12 +185,11 @@ def fleet_status(call):
 
 def main():
     module = AnsibleModule(argument_spec=dict(BRIDGE_ARGUMENT_SPEC), supports_check_mode=True)
-    ensure_mcp(module)
+    ensure_runtime(module)
     try:
-        client = client_for_module(module)
-        result = fleet_status(client.call)
-    except BridgeError as err:
-        fail_with_bridge_error(module, err, changed=False)
+        result = fleet_status(connect(module).call)
+    except Failure as err:
+        fail(module, err)
     module.exit_json(changed=False, **result)
 
 

@@ -33,10 +33,8 @@ COLLECTIONS_ROOT = Path(__file__).resolve().parents[7]
 if str(COLLECTIONS_ROOT) not in sys.path:
     sys.path.insert(0, str(COLLECTIONS_ROOT))
 
-from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import (  # noqa: E402
-    BridgeClient,
-    BridgeError,
-)
+from ansible_collections.s2.fleet.plugins.module_utils.runtime import AdminBridge, Failure  # noqa: E402
+from s2_bridge.tokens import TOKEN_RE  # noqa: E402
 
 
 def free_port() -> int:
@@ -61,21 +59,21 @@ class Bridge:
     ca_file: str | None = None
     extra: dict = field(default_factory=dict)
 
-    def admin(self, **kwargs) -> BridgeClient:
-        return BridgeClient.from_token_file(self.url, self.admin_token_file, ca_path=self.ca_file, **kwargs)
+    def admin(self, **kwargs) -> AdminBridge:
+        return AdminBridge.from_token_file(self.url, self.admin_token_file, ca_file=self.ca_file, **kwargs)
 
-    def as_token(self, token: str) -> BridgeClient:
-        return BridgeClient(self.url, token, ca_path=self.ca_file)
+    def as_token(self, token: str) -> AdminBridge:
+        return AdminBridge(self.url, token, ca_file=self.ca_file)
 
     def conversations(self, worker_id: str, include_revoked: bool = False) -> list[dict]:
         listing = self.admin().call("list_conversations", {"include_revoked": include_revoked})
         return [c for c in listing["conversations"] if c["worker_id"] == worker_id]
 
-    def token_works(self, token: str) -> bool:
+    def token_works(self, token: str, tool: str = "check_partner_status") -> bool:
         """True when the bridge serves this token; False when it refuses it as unauthenticated."""
         try:
-            self.as_token(token).call("check_partner_status", {})
-        except BridgeError as err:
+            self.as_token(token).call(tool, {})
+        except Failure as err:
             if err.code == "unauthenticated":
                 return False
             raise
@@ -213,7 +211,7 @@ def params(bridge: Bridge, tmp_path: Path, worker_id: str) -> dict:
     """bridge_conversation's parameters as AnsibleModule would hand them over (defaults filled in)."""
     return {
         "bridge_url": bridge.url,
-        "ca_path": None,
+        "ca_file": None,
         "admin_token_file": bridge.admin_token_file,
         "runtime_python": sys.executable,
         "timeout_s": 30.0,
@@ -228,6 +226,22 @@ def params(bridge: Bridge, tmp_path: Path, worker_id: str) -> dict:
         "group": None,
         "ca_file_for_workers": "/etc/s2-fleet/ca.crt",
     }
+
+
+def assert_no_token(bridge, result, *token_sets):
+    text = json.dumps(result)
+    assert not TOKEN_RE.search(text), "a token-shaped string leaked into the result"
+    assert bridge.admin_token not in text
+    for tokens in token_sets:
+        for token in tokens:
+            assert token not in text
+
+
+def module_args(params: dict, **overrides) -> dict:
+    """A module's arguments from its parameters: the set ones, without timeout_s."""
+    args = {k: v for k, v in params.items() if v not in (None, "") and k != "timeout_s"}
+    args.update(overrides)
+    return args
 
 
 # --- TLS: a CA and a server certificate for 127.0.0.1, made here ---------------------------------

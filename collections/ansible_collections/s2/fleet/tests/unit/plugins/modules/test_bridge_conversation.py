@@ -1,6 +1,6 @@
 """s2.fleet.bridge_conversation against the real bridge on loopback.
 
-Most tests call the module's core function `converge` with a real BridgeClient; the last ones
+Most tests call the module's core function `converge` with a real AdminBridge; the last ones
 run the module through `ansible` itself (AnsiballZ, respawn into the runtime python, no_log).
 """
 
@@ -17,29 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import (
-    TOKEN_PATTERN,
-    BridgeClient,
-    BridgeError,
-)
-from ansible_collections.s2.fleet.plugins.modules.bridge_conversation import (
-    CREDENTIAL_FIELDS,
-    ConversationError,
-    converge,
-    credentials_path,
-)
-
-CONTRACT_FIELDS = {
-    "conversation_id",
-    "worker_id",
-    "worker_role",
-    "coordinator_token",
-    "worker_token",
-    "created_at",
-    "expires_at",
-    "bridge_url",
-    "ca_file",
-}
+from ansible_collections.s2.fleet.plugins.module_utils.runtime import AdminBridge, Failure
+from conftest import assert_no_token, module_args
+from ansible_collections.s2.fleet.plugins.modules.bridge_conversation import converge, credentials_path
+from s2_bridge.credentials import FIELDS
+from s2_bridge.tokens import TOKEN_RE
 
 
 def run(bridge, params, check_mode=False, **overrides):
@@ -61,23 +43,13 @@ def read_file(params) -> dict:
     return json.loads(Path(credentials_path(params["credentials_dir"], params["worker_id"])).read_text())
 
 
-def assert_no_token(bridge, result, *token_sets):
-    text = json.dumps(result)
-    assert not TOKEN_PATTERN.search(text), "a token-shaped string leaked into the result"
-    assert bridge.admin_token not in text
-    for tokens in token_sets:
-        for token in tokens:
-            assert token not in text
-
-
 def test_contract_fields_match_contracts_md():
-    assert set(CREDENTIAL_FIELDS) == CONTRACT_FIELDS
     contracts = Path(__file__).resolve().parents[8] / "docs" / "CONTRACTS.md"
     if contracts.is_file():  # the repo checkout: the file format example lists exactly these fields
         text = contracts.read_text()
         example = text[text.index('{"conversation_id"') :]
         example = json.loads(example[: example.index("}") + 1].replace("...", ""))
-        assert set(example) == CONTRACT_FIELDS
+        assert set(example) == set(FIELDS)
 
 
 def test_present_creates_then_is_idempotent(bridge, params):
@@ -90,7 +62,7 @@ def test_present_creates_then_is_idempotent(bridge, params):
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
     data = read_file(params)
-    assert set(data) == CONTRACT_FIELDS
+    assert tuple(data) == FIELDS
     assert data["conversation_id"] == first["conversation_id"]
     assert data["worker_id"] == params["worker_id"]
     assert data["worker_role"] == "tests"
@@ -319,7 +291,7 @@ def test_owner_and_group(bridge, params):
 
 
 def test_unknown_owner_is_a_clear_error(bridge, params):
-    with pytest.raises(ConversationError, match="no-such-user-s2: no such user"):
+    with pytest.raises(Failure, match="no-such-user-s2: no such user"):
         run(bridge, params, owner="no-such-user-s2")
 
 
@@ -378,8 +350,8 @@ def test_parallel_runs_for_the_whole_fleet(tmp_path, params, bridge_factory):
 
 
 def test_missing_admin_token_file(params, tmp_path):
-    with pytest.raises(BridgeError) as info:
-        BridgeClient.from_token_file(params["bridge_url"], str(tmp_path / "nope.token"))
+    with pytest.raises(Failure) as info:
+        AdminBridge.from_token_file(params["bridge_url"], str(tmp_path / "nope.token"))
     assert info.value.code == "admin_token_file"
     assert "nope.token" in str(info.value)
     assert "s2-bridge.service" in info.value.fix
@@ -389,8 +361,9 @@ def test_refused_admin_token_names_the_bridge_error(bridge, params, tmp_path):
     fake = "s2a_" + "A" * 43
     token_file = tmp_path / "admin.token"
     token_file.write_text(fake + "\n")
-    client = BridgeClient.from_token_file(bridge.url, str(token_file))
-    with pytest.raises(BridgeError) as info:
+    token_file.chmod(0o600)
+    client = AdminBridge.from_token_file(bridge.url, str(token_file))
+    with pytest.raises(Failure) as info:
         converge({**params, "admin_token_file": str(token_file)}, client.call)
     assert info.value.code == "unauthenticated"
     assert info.value.field == "admin_token_file"
@@ -400,7 +373,7 @@ def test_refused_admin_token_names_the_bridge_error(bridge, params, tmp_path):
 
 
 def test_bridge_tool_error_is_structured(bridge):
-    with pytest.raises(BridgeError) as info:
+    with pytest.raises(Failure) as info:
         bridge.admin().call("rotate_conversation", {"conversation_id": "conv_0000000000000000"})
     assert info.value.code == "not_found"
     assert info.value.field == "conversation_id"
@@ -422,8 +395,8 @@ def test_unreachable_bridge(bridge, params):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    client = BridgeClient(f"http://127.0.0.1:{port}/mcp", bridge.admin_token, timeout_s=5)
-    with pytest.raises(BridgeError) as info:
+    client = AdminBridge(f"http://127.0.0.1:{port}/mcp", bridge.admin_token, timeout_s=5)
+    with pytest.raises(Failure) as info:
         client.call("list_conversations", {})
     assert info.value.code == "unreachable"
     assert bridge.admin_token not in str(info.value)
@@ -434,26 +407,25 @@ def test_tls_with_the_fleet_ca(tls_bridge, params):
         **params,
         "bridge_url": tls_bridge.url,
         "admin_token_file": tls_bridge.admin_token_file,
-        "ca_path": tls_bridge.ca_file,
+        "ca_file": tls_bridge.ca_file,
     }
     result = run(tls_bridge, tls_params)
     assert result["action"] == "created"
     assert tls_bridge.token_works(read_file(tls_params)["worker_token"])
 
-    wrong = BridgeClient(tls_bridge.url, tls_bridge.admin_token, ca_path=tls_bridge.extra["other_ca_file"])
-    with pytest.raises(BridgeError) as info:
+    wrong = AdminBridge(tls_bridge.url, tls_bridge.admin_token, ca_file=tls_bridge.extra["other_ca_file"])
+    with pytest.raises(Failure) as info:
         wrong.call("list_conversations", {})
-    assert info.value.code == "tls"
-    assert info.value.field == "ca_path"
+    assert info.value.code == "unreachable"
+    assert "TLS failure" in info.value.message
+    assert "ca_file" in info.value.fix
+
+    with pytest.raises(Failure) as info:
+        AdminBridge(tls_bridge.url, tls_bridge.admin_token, ca_file=str(Path(tls_bridge.ca_file).parent / "none.crt"))
+    assert info.value.code == info.value.field == "ca_file"
 
 
 # --- through ansible itself ---------------------------------------------------------------------
-
-
-def module_args(params: dict, **overrides) -> dict:
-    args = {k: v for k, v in params.items() if v is not None and k != "timeout_s"}
-    args.update(overrides)
-    return args
 
 
 def test_module_entry_point_check_diff_idempotence_and_no_token_in_output(bridge, params, ansible_module):
@@ -481,14 +453,14 @@ def test_module_entry_point_check_diff_idempotence_and_no_token_in_output(bridge
         text = out.stdout + out.stderr
         for secret in (data["worker_token"], data["coordinator_token"], bridge.admin_token):
             assert secret not in text
-        assert not TOKEN_PATTERN.search(text)
+        assert not TOKEN_RE.search(text)
 
 
 def test_module_respawns_into_runtime_python(bridge, params, ansible_module):
-    """Under a Python without mcp (the system one), the module re-runs itself under runtime_python."""
+    """Under a Python without s2_bridge (the system one), the module re-runs itself under runtime_python."""
     system_python = "/usr/bin/python3"
-    if not Path(system_python).exists() or os.system(f"{system_python} -c 'import mcp' 2>/dev/null") == 0:
-        pytest.skip("needs a system python without mcp")
+    if not Path(system_python).exists() or os.system(f"{system_python} -c 'import s2_bridge' 2>/dev/null") == 0:
+        pytest.skip("needs a system python without s2_bridge")
     out = ansible_module("bridge_conversation", module_args(params), interpreter=system_python)
     assert out.rc == 0, out.stdout + out.stderr
     assert out.result["action"] == "created"
@@ -502,13 +474,14 @@ def test_module_respawns_into_runtime_python(bridge, params, ansible_module):
     assert missing.rc != 0
     assert "localhost | FAILED!" in missing.stdout
     assert "/nonexistent/venv/bin/python" in missing.result["msg"]
-    assert "mcp (the s2-bridge runtime venv)" in missing.result["msg"]
+    assert "s2_bridge (the s2-bridge runtime venv)" in missing.result["msg"]
 
 
 def test_module_failure_is_structured_and_token_free(bridge, params, ansible_module, tmp_path):
     fake = "s2a_" + "B" * 43
     token_file = tmp_path / "wrong.token"
     token_file.write_text(fake)
+    token_file.chmod(0o600)
     out = ansible_module(
         "bridge_conversation", module_args(params, admin_token_file=str(token_file)), extra_args=("-vvv",)
     )

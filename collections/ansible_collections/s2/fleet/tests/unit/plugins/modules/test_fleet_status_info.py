@@ -6,15 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
-from ansible_collections.s2.fleet.plugins.module_utils.bridge_client import TOKEN_PATTERN, BridgeError
+from ansible_collections.s2.fleet.plugins.module_utils.runtime import Failure
 from ansible_collections.s2.fleet.plugins.modules.bridge_conversation import converge
 from ansible_collections.s2.fleet.plugins.modules.fleet_status_info import fleet_status, format_age, make_table
+from s2_bridge.tokens import TOKEN_RE
 
 
 def provision(bridge, tmp_path: Path, worker_id: str, role: str) -> dict:
     params = {
         "bridge_url": bridge.url,
-        "ca_path": None,
+        "ca_file": None,
         "admin_token_file": bridge.admin_token_file,
         "my_role": "s2-orchestrator",
         "partner_role": role,
@@ -78,7 +79,7 @@ def test_fleet_status_reports_each_worker(fresh_bridge, tmp_path):
         fresh_bridge.as_token(creds[wid]["worker_token"]).call("heartbeat", {})
     after = fleet_status(fresh_bridge.admin().call)
     assert after["all_healthy"] is True
-    assert not TOKEN_PATTERN.search(json.dumps(after))
+    assert not TOKEN_RE.search(json.dumps(after))
 
 
 def test_format_age():
@@ -92,7 +93,7 @@ def test_format_age():
 
 def test_worker_token_is_not_the_admin(fresh_bridge, tmp_path):
     creds = provision(fresh_bridge, tmp_path, "5", "tests")
-    with pytest.raises(BridgeError) as info:
+    with pytest.raises(Failure) as info:
         fleet_status(fresh_bridge.as_token(creds["worker_token"]).call)
     assert info.value.code == "forbidden"
     assert creds["worker_token"] not in str(info.value)
