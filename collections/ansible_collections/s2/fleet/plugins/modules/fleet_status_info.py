@@ -94,14 +94,18 @@ workers:
       sample: 1
   sample: []
 table:
-  description: The same data as printable lines, a header line first (worker, role, status, health, heartbeat
-    age, open tasks).
+  description:
+    - The same data as printable lines, a header line first (worker, role, status, health, heartbeat age, open
+      tasks), one line per worker in worker id order. It is the table C(s2-bridge status) prints.
+    - The heartbeat age reads like V(12s), V(4m05s) or V(3h02m), and V(never) for a worker never seen; a worker that
+      has not reported a status shows V(-).
   returned: always
   type: list
   elements: str
   sample:
-    - "WORKER  ROLE   STATUS   HEALTH   HEARTBEAT  OPEN TASKS"
-    - "3       tests  working  healthy  4s         1"
+    - "WORKER  ROLE   STATUS   HEALTH      HEARTBEAT  OPEN TASKS"
+    - "3       tests  working  healthy     4s         1"
+    - "4       docs   -        never_seen  never      0"
 all_healthy:
   description: True when the bridge lists at least one worker and every one is healthy.
   returned: always
@@ -124,60 +128,24 @@ from ansible_collections.s2.fleet.plugins.module_utils.runtime import (
     fail,
 )
 
-COLUMNS = (
-    ("WORKER", "worker_id"),
-    ("ROLE", "worker_role"),
-    ("STATUS", "status"),
-    ("HEALTH", "health"),
-    ("HEARTBEAT", "heartbeat_age_s"),
-    ("OPEN TASKS", "open_tasks"),
-)
-
-
-def format_age(age):
-    """Heartbeat age as text: '-' when never seen, else seconds, minutes, hours or days."""
-    if age is None:
-        return "-"
-    age = float(age)
-    if age < 120:
-        return "%ds" % age
-    if age < 7200:
-        return "%dm" % (age // 60)
-    if age < 172800:
-        return "%dh" % (age // 3600)
-    return "%dd" % (age // 86400)
-
-
-def _cell(worker, key):
-    value = worker.get(key)
-    if key == "heartbeat_age_s":
-        return format_age(value)
-    return "-" if value is None or value == "" else "%s" % value
-
-
-def _sort_key(worker):
-    worker_id = "%s" % worker.get("worker_id")
-    return (0, int(worker_id), "") if worker_id.isdigit() else (1, 0, worker_id)
-
-
-def make_table(workers):
-    """Printable lines: a header, then one line per worker in worker_id order, columns aligned."""
-    rows = [[title for title, _key in COLUMNS]]
-    rows.extend([_cell(w, key) for _title, key in COLUMNS] for w in workers)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    return ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+# The runtime's one fleet table (the one `s2-bridge status` prints) and its worker order.
+try:
+    from s2_bridge.models import worker_sort_key
+    from s2_bridge.table import fleet_table
+except ImportError:  # main() re-runs the module under the runtime venv's python (ensure_runtime) before any use
+    fleet_table = worker_sort_key = None
 
 
 def fleet_status(call):
     """The module result (without 'changed') from the bridge's fleet_status tool; call is AdminBridge.call."""
     answer = call("fleet_status", {})
     workers = answer.get("workers")
-    if not isinstance(workers, list) or not all(isinstance(w, dict) for w in workers):
-        raise bad_result("fleet_status", "fleet_status returned no workers list")
-    workers = sorted(workers, key=_sort_key)
+    if not isinstance(workers, list) or not all(isinstance(w, dict) and "worker_id" in w for w in workers):
+        raise bad_result("fleet_status", "fleet_status returned no list of workers, each with a worker_id")
+    workers = sorted(workers, key=lambda w: worker_sort_key("%s" % w["worker_id"]))
     return {
         "workers": workers,
-        "table": make_table(workers),
+        "table": fleet_table({"workers": workers}).splitlines(),
         "all_healthy": bool(workers) and all(w.get("health") == "healthy" for w in workers),
         "silent_after_s": answer.get("silent_after_s"),
     }

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from ansible_collections.s2.fleet.plugins.module_utils.runtime import Failure
 from ansible_collections.s2.fleet.plugins.modules.bridge_conversation import converge
-from ansible_collections.s2.fleet.plugins.modules.fleet_status_info import fleet_status, format_age, make_table
+from ansible_collections.s2.fleet.plugins.modules.fleet_status_info import fleet_status
+from s2_bridge.table import fleet_table
 from s2_bridge.tokens import TOKEN_RE
 
 
@@ -70,7 +71,7 @@ def test_fleet_status_reports_each_worker(fresh_bridge, tmp_path):
     assert row2.split()[-1] == "1"
     assert row2.split()[4].endswith("s")
     row1 = next(r for r in rows if r.split()[0] == "1")
-    assert row1.split()[1:] == ["frontend", "-", "never_seen", "-", "0"]
+    assert row1.split()[1:] == ["frontend", "-", "never_seen", "never", "0"]
     # columns line up: every HEALTH cell starts where the header's does
     col = header.index("HEALTH")
     assert all(r[col:].split()[0] in ("healthy", "never_seen", "silent") for r in rows)
@@ -82,13 +83,26 @@ def test_fleet_status_reports_each_worker(fresh_bridge, tmp_path):
     assert not TOKEN_RE.search(json.dumps(after))
 
 
-def test_format_age():
-    assert format_age(None) == "-"
-    assert format_age(4.7) == "4s"
-    assert format_age(300) == "5m"
-    assert format_age(7200) == "2h"
-    assert format_age(3 * 86400) == "3d"
-    assert make_table([]) == ["WORKER  ROLE  STATUS  HEALTH  HEARTBEAT  OPEN TASKS"]
+def test_table_is_the_runtimes():
+    """One renderer: the module's lines are `s2-bridge status`'s table (runtime's age format, worker order)."""
+    workers = [
+        {"worker_id": "10", "worker_role": "docs", "status": None, "health": "never_seen", "heartbeat_age_s": None},
+        {"worker_id": "2", "worker_role": "tests", "status": "working", "health": "healthy", "heartbeat_age_s": 245.3},
+    ]
+    for worker in workers:
+        worker["open_tasks"] = 0
+    answer = {"workers": workers, "silent_after_s": 45.0}
+    result = fleet_status(lambda tool, arguments: answer)
+    assert [w["worker_id"] for w in result["workers"]] == ["2", "10"]
+    assert result["table"] == fleet_table(answer).splitlines()
+    assert [line.split()[4] for line in result["table"][1:]] == ["4m05s", "never"]
+
+
+def test_bad_answer_is_a_bad_result():
+    for answer in ({}, {"workers": "none"}, {"workers": [{"worker_role": "tests"}]}):
+        with pytest.raises(Failure) as info:
+            fleet_status(lambda tool, arguments, answer=answer: answer)
+        assert info.value.code == "bad_result"
 
 
 def test_worker_token_is_not_the_admin(fresh_bridge, tmp_path):
