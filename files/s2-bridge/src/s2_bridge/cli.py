@@ -20,6 +20,7 @@ from s2_bridge.logsafe import SafeFormatter
 COMMANDS = {
     "serve": "s2_bridge.serve",
     "keepalive": "s2_bridge.keepalive",
+    "supervise": "s2_bridge.supervise",
     "watchdog": "s2_bridge.watchdog",
     "check-messages": "s2_bridge.check_messages",
     "status": "s2_bridge.status",
@@ -77,9 +78,27 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     if command == "codex-trust-hooks":  # its options live in its module; nothing else pays for the import
         importlib.import_module(COMMANDS[command]).add_arguments(trust)
 
+    _add_supervise(sub)
     _add_admin(sub)
     _add_backup(sub)
     return parser
+
+
+def _add_supervise(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    supervise = sub.add_parser("supervise", help="keep `keepalive` running where systemd does not (WSL)")
+    supervise.add_argument(
+        "action",
+        choices=["start", "restart", "replace", "stop", "status", "run"],
+        help="start/replace: detached; restart: the keepalive now; stop; status: exit 3 when not running; run: here",
+    )
+    supervise.add_argument("--credentials", required=True, help="the worker's credentials file (for the keepalive)")
+    supervise.add_argument("--interval", type=float, default=15.0, help="the keepalive's seconds between heartbeats")
+    supervise.add_argument("--user", help="the agent user: whose home holds the files; a root `start` runs as it")
+    supervise.add_argument("--run-dir", help="lock and pid file (default ~USER/.s2/run)")
+    supervise.add_argument("--log-dir", help="s2-keepalive.log (default ~USER/.s2/log)")
+    supervise.add_argument("--backoff-min-s", type=int, default=2, help="first restart delay; doubles after each")
+    supervise.add_argument("--backoff-max-s", type=int, default=300, help="longest restart delay")
+    supervise.add_argument("--log-max-bytes", type=int, default=1048576, help="rotate the log past this size")
 
 
 def _add_backup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
