@@ -16,8 +16,10 @@ SECURITY_MIRROR="${S2_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-secur
 SUITE=bookworm
 
 # What the roles and tests need on a "host": systemd as PID 1, python3 for Ansible, a venv for the
-# runtime, sudo for become, CA certificates, ip/ps for debugging and testinfra.
-PACKAGES=(systemd systemd-sysv dbus python3 python3-venv sudo iproute2 procps ca-certificates)
+# runtime, sudo for become, CA certificates, ip/ps for debugging and testinfra, and sshd: the lab
+# and molecule reach their hosts over SSH like production (the key is mounted at create time).
+PACKAGES=(systemd systemd-sysv dbus python3 python3-venv sudo iproute2 procps ca-certificates
+  openssh-server openssh-sftp-server)
 
 # Units that cannot work in a container (no real console, no kernel modules, no hardware clock,
 # read-only /sys): masked so 'systemctl is-system-running' reports running, not degraded.
@@ -79,6 +81,14 @@ path-exclude /usr/share/locale/*
 path-include /usr/share/locale/locale.alias
 path-exclude /usr/share/lintian/*
 EOF
+  # sshd: no host keys in the image (every container makes its own at its first start, so no
+  # two containers share one); key login only. ssh.service is enabled by the package.
+  rm -f "$root"/etc/ssh/ssh_host_*
+  install -d "$root/etc/systemd/system/ssh.service.d"
+  printf '[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n' \
+    >"$root/etc/systemd/system/ssh.service.d/s2-host-keys.conf"
+  printf 'PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUseDNS no\n' \
+    >"$root/etc/ssh/sshd_config.d/s2-lab.conf"
   # journald: volatile and small; the containers are throwaway.
   install -d "$root/etc/systemd/journald.conf.d"
   printf '[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\n' >"$root/etc/systemd/journald.conf.d/s2-container.conf"

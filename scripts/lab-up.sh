@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole s2 fleet on this machine: the hosts of inventories/lab as podman containers
-# with systemd as PID 1 on the network s2-lab, provisioned by site.yml, then the fleet table.
+# with systemd as PID 1 on the network s2-lab, provisioned by site.yml over SSH (as production
+# machines are), then the fleet table.
 #
 #   sudo scripts/lab-up.sh                    # everything
 #   sudo scripts/lab-up.sh --containers-only  # only podman, the image and the containers
@@ -42,10 +43,12 @@ if [[ ! -x $venv/bin/ansible-playbook ]]; then
 fi
 export PATH="$venv/bin:$PATH"
 
-# The hosts come from the inventory: add a worker there and it gets a container here.
-mapfile -t hosts < <(ansible-inventory -i "$INVENTORY" --list 2>/dev/null | python3 -c '
+# The hosts come from the inventory, with their static address on $NETWORK (ansible_host): add
+# a worker there and it gets a container here.
+mapfile -t specs < <(ansible-inventory -i "$INVENTORY" --list 2>/dev/null | python3 -c '
 import json, sys
 inv = json.load(sys.stdin)
+hostvars = inv.get("_meta", {}).get("hostvars", {})
 seen = []
 def walk(group):
     entry = inv.get(group, {})
@@ -55,11 +58,20 @@ def walk(group):
     for child in entry.get("children", []):
         walk(child)
 walk("all")
-print("\n".join(seen))')
-((${#hosts[@]})) || die "no hosts in $INVENTORY (ansible-inventory -i $INVENTORY --graph)"
+for h in seen:
+    print(h + "=" + str(hostvars.get(h, {}).get("ansible_host", "")))')
+((${#specs[@]})) || die "no hosts in $INVENTORY (ansible-inventory -i $INVENTORY --graph)"
+hosts=("${specs[@]%%=*}")
 log "hosts: ${hosts[*]}"
 
-for h in "${hosts[@]}"; do
+# The lab's SSH key (made once, git-ignored): its public half is root's authorized_keys in
+# every container, mounted read-only at create time (the image holds no key).
+ssh_dir=$(bash scripts/lab-ssh.sh key)
+
+for spec in "${specs[@]}"; do
+  h=${spec%%=*}
+  ip=${spec#*=}
+  [[ -n $ip ]] || die "$h has no ansible_host in $INVENTORY: each lab host needs its static address on $NETWORK"
   if podman container exists "$h"; then
     if [[ $(podman container inspect "$h" --format '{{index .Config.Labels "s2.fleet.lab"}}') != 1 ]]; then
       die "container $h exists but is not a lab container (a molecule scenario? run 'molecule destroy' or 'podman rm -f $h')"
@@ -72,9 +84,10 @@ for h in "${hosts[@]}"; do
     fi
   else
     podman run --detach --quiet --name "$h" --hostname "$h" \
-      --systemd=always --cap-add SYS_ADMIN --network "$NETWORK" --label "$LABEL" \
+      --systemd=always --cap-add SYS_ADMIN --network "$NETWORK" --ip "$ip" --label "$LABEL" \
+      --volume "$ssh_dir/id_ed25519.pub:/root/.ssh/authorized_keys:ro" \
       "$IMAGE" >/dev/null
-    log "$h created"
+    log "$h created ($ip)"
   fi
 done
 
@@ -85,7 +98,9 @@ for h in "${hosts[@]}"; do
     die "systemd in $h is '$state' (failed units above)"
   fi
 done
-log "${#hosts[@]} containers up with systemd running ($(($(date +%s) - start))s so far)"
+# Pin each container's host key (read through podman exec) in the lab's own known_hosts.
+bash scripts/lab-ssh.sh known-hosts "${specs[@]}"
+log "${#hosts[@]} containers up with systemd and sshd running ($(($(date +%s) - start))s so far)"
 
 if $containers_only; then
   log "--containers-only: not provisioning; next: ansible-playbook site.yml -i $INVENTORY"

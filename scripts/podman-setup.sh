@@ -19,6 +19,9 @@
 set -euo pipefail
 
 NETWORK="${S2_LAB_NETWORK:-s2-lab}"
+# A fixed subnet: the lab's hosts have static addresses in it (inventories/lab ansible_host,
+# molecule/default/molecule.yml), reached over SSH like production machines.
+SUBNET="${S2_LAB_SUBNET:-10.213.13.0/24}"
 CONF=/etc/containers/containers.conf
 PACKAGES=(podman runc netavark aardvark-dns iptables uidmap slirp4netns catatonit mmdebstrap)
 
@@ -89,10 +92,19 @@ backend=$(podman info --format '{{.Host.NetworkBackend}}')
 
 # 4. the lab network ---------------------------------------------------------------------------
 if podman network exists "$NETWORK"; then
-  log "network $NETWORK exists"
+  have=$(podman network inspect "$NETWORK" --format '{{range .Subnets}}{{.Subnet}} {{end}}' | xargs)
+  if [[ $have == "$SUBNET" ]]; then
+    log "network $NETWORK exists ($SUBNET)"
+  elif [[ -z $(podman ps --all --quiet --filter "network=$NETWORK") ]]; then
+    podman network rm "$NETWORK" >/dev/null
+    podman network create --subnet "$SUBNET" "$NETWORK" >/dev/null
+    log "re-created network $NETWORK with subnet $SUBNET (it had ${have:-none})"
+  else
+    die "network $NETWORK has subnet '${have}', not $SUBNET, and containers use it: remove them (scripts/lab-down.sh, molecule destroy) and re-run"
+  fi
 else
-  podman network create "$NETWORK" >/dev/null
-  log "created network $NETWORK"
+  podman network create --subnet "$SUBNET" "$NETWORK" >/dev/null
+  log "created network $NETWORK ($SUBNET)"
 fi
 dns=$(podman network inspect "$NETWORK" --format '{{.DNSEnabled}}')
 [[ $dns == true ]] || die "network $NETWORK has DNS disabled; remove it ('podman network rm $NETWORK') and re-run"

@@ -119,6 +119,8 @@ def report() -> Report:
 def _inventory_workers() -> list[lab.Worker]:
     command = [str(Path(sys.executable).with_name("ansible-inventory")), "-i", INVENTORY, "--list"]
     raw = json.loads(subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT).stdout)
+    # the orchestrator is the one host of group 'orchestrator' (as the roles find it)
+    lab.ORCHESTRATOR = raw.get("orchestrator", {}).get("hosts", [lab.ORCHESTRATOR])[0]
     hostvars = raw["_meta"]["hostvars"]
     names = raw.get("workers", {}).get("hosts", [])
     workers = []

@@ -1,6 +1,7 @@
 """The lab as the reliability suite sees it: podman containers named like the inventory hosts,
-reached with `podman exec` (the same way molecule's testinfra backend does), and the probe
-(probe.py) that runs inside them with the runtime's venv python."""
+whose insides the suite reaches with `podman exec` (the same way molecule's testinfra backend
+does; Ansible itself reaches them over SSH), and the probe (probe.py) that runs inside them with
+the runtime's venv python."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ VENV_PYTHON = "/opt/s2-bridge/venv/bin/python"
 S2_BRIDGE = "/opt/s2-bridge/venv/bin/s2-bridge"
 PROBE_DIR = "/opt/s2-reliability"
 PROBE = f"{PROBE_DIR}/probe.py"
-ORCHESTRATOR = "orchestrator"
+# The orchestrator's inventory (and container) name; conftest.py sets it from the inventory's
+# group 'orchestrator' before any test runs.
+ORCHESTRATOR = "s2-orchestrator"
 ORCH_CA = "/etc/s2-bridge/tls/ca.crt"
 ORCH_CREDENTIALS = "/var/lib/s2-fleet/credentials"
 ADMIN_TOKEN = "/var/lib/s2-bridge/admin.token"
 ADMIN_CONFIG = "/etc/s2-bridge/admin.toml"
-WATCHDOG_CONFIG = "/etc/s2-bridge/watchdog.toml"
+WATCHDOG_CONFIG = "/etc/s2-bridge/admin.d/watchdog.toml"  # the [watchdog] drop-in of admin.toml
 BRIDGE_DB = "/var/lib/s2-bridge/bridge.db"
 AGENT = "agent"
 AGENT_HOME = "/home/agent"

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from s2_bridge.client import AuthRefused, BridgeClient, BridgeClientError, BridgeUnavailable, ToolCallError
-from s2_bridge.credentials import write_private_json
-from s2_bridge.tokens import TOKEN_RE
+from s2_bridge.agent.client import AuthRefused, BridgeClient, BridgeClientError, BridgeUnavailable, ToolCallError
+from s2_bridge.contract.credentials import write_private_json
+from s2_bridge.contract.tokens import TOKEN_RE
 
 WAIT_S = 25
 # A connection that never opened carried no request, so trying again cannot store anything

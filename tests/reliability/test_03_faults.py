@@ -76,6 +76,11 @@ def test_7b_a_worker_cut_off_the_network_backs_off_and_recovers_by_itself(report
     before = lab.unit_show(six.host, "s2-keepalive")
     since = float(lab.check_in(six.host, "date", "+%s").strip())
     watermark = lab.last_audit_id()
+    # its static address on the network: Ansible reaches it there over SSH (inventories/lab), so
+    # it must come back with the same one
+    address = lab.podman(
+        "container", "inspect", six.host, "--format", f'{{{{(index .NetworkSettings.Networks "{NETWORK}").IPAddress}}}}'
+    ).strip()
     lab.podman("network", "disconnect", NETWORK, six.host)
     cut_at = time.monotonic()
     try:
@@ -93,7 +98,7 @@ def test_7b_a_worker_cut_off_the_network_backs_off_and_recovers_by_itself(report
         during = lab.unit_show(six.host, "s2-keepalive")
         assert during["MainPID"] == before["MainPID"], "the keepalive died while the network was gone"
     finally:
-        lab.podman("network", "connect", NETWORK, six.host)
+        lab.podman("network", "connect", *(["--ip", address] if address else []), NETWORK, six.host)
     reconnect_at = time.monotonic()
     healthy = lab.wait_for(lambda: lab.fleet()["6"]["health"] == "healthy", timeout=150, interval=2)
     healthy_after = time.monotonic() - reconnect_at

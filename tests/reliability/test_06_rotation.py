@@ -11,7 +11,7 @@ from pathlib import Path
 import lab
 import pytest
 from conftest import INVENTORY, ROOT
-from s2_bridge.tokens import TOKEN_RE
+from s2_bridge.contract.tokens import TOKEN_RE
 
 OLD_DIR = "/root/s2-reliability/old"
 STOP_FILE = "/root/s2-reliability/stop-rotation-sender"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import lab
 import pytest
-from s2_bridge.tokens import TOKEN_RE
+from s2_bridge.contract.tokens import TOKEN_RE
 
 
 @pytest.mark.step(6, "security")

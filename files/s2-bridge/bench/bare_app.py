@@ -88,7 +88,7 @@ def main() -> None:
     tls: dict[str, Any] = {}
     if args.cert_file:
         tls = {"ssl_certfile": args.cert_file, "ssl_keyfile": args.key_file}
-    # The same settings as s2_bridge.serve.uvicorn_config; loop/http "auto" picks uvloop and
+    # The same settings as s2_bridge.server.serve.uvicorn_config; loop/http "auto" picks uvloop and
     # httptools there, so name them here to be sure both run on the same stack.
     uvicorn.run(
         BareApp(args.db),

@@ -45,9 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from bench_bridge import HOST, Processes, free_port, make_pki, work_dir, write_config
-from s2_bridge.client import BridgeClient
-from s2_bridge.credentials import credentials_document, write_private_json
-from s2_bridge.lean_http import HttpFailure, get_json, tls_context
+from s2_bridge.agent.client import BridgeClient
+from s2_bridge.agent.lean_http import HttpFailure, get_json, tls_context
+from s2_bridge.contract.credentials import credentials_document, write_private_json
 
 VENV_BIN = Path(sys.executable).parent
 S2_BRIDGE = str(VENV_BIN / "s2-bridge")

@@ -55,8 +55,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from s2_bridge import tokens
-from s2_bridge.store.sqlite import SQLiteStore
+from s2_bridge.contract import tokens
+from s2_bridge.server.store.sqlite import SQLiteStore
 
 HOST = "127.0.0.1"  # the only address this benchmark ever loads
 PROTOCOL = "2026-07-28"

@@ -57,7 +57,7 @@ from typing import Any
 
 import uvloop
 from bench_bridge import BENCH_DIR, fmt, load_average, make_pki, raise_fd_limit, work_dir
-from hostile_common import LoopLag, Runtime, RuntimeProcesses, say
+from hostile_common import LoopLag, Runtime, RuntimeProcesses, Scenario, say
 from hostile_fanout import scenario_fanout
 from hostile_flood import SNAPSHOT_HEAD, scenario_flood, snapshot_line
 from hostile_slowloris import scenario_slowloris
@@ -127,14 +127,14 @@ async def run(args: argparse.Namespace, report: dict[str, Any], workdir: Path, p
     report["runtime"] = runtime.describe()
     say(f"runtime: {json.dumps(report['runtime'])}")
     tls = make_pki(workdir)
-    pki = (tls, ssl.create_default_context(cafile=tls[0]))
+    scenario = Scenario(args, workdir, procs, runtime, tls, ssl.create_default_context(cafile=tls[0]))
     scenarios = {"slowloris": scenario_slowloris, "fanout": scenario_fanout, "flood": scenario_flood}
     args.lag, stop = LoopLag(), asyncio.Event()
     lag_task = asyncio.create_task(args.lag.run(stop))
     try:
         for name in args.scenarios:
             say(f"=== scenario {name} ===")
-            report["scenarios"][name] = await scenarios[name](args, workdir, procs, runtime, pki)
+            report["scenarios"][name] = await scenarios[name](scenario)
             report["load_average"][f"after {name}"] = load_average()
     finally:
         stop.set()

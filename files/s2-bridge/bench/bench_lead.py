@@ -43,8 +43,8 @@ from bench_bridge import (
     work_dir,
     write_config,
 )
-from s2_bridge import tokens
-from s2_bridge.store.sqlite import SQLiteStore
+from s2_bridge.contract import tokens
+from s2_bridge.server.store.sqlite import SQLiteStore
 
 PREFIX = "lead-bench "
 HEARTBEAT_EVERY_S = 15.0

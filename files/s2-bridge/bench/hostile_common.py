@@ -48,8 +48,8 @@ from bench_bridge import seed
 workers, coordinators = seed(Path(sys.argv[2]), int(sys.argv[3]))
 lead = None
 if sys.argv[4] == "lead":
-    from s2_bridge import tokens
-    from s2_bridge.store.sqlite import SQLiteStore
+    from s2_bridge.contract import tokens
+    from s2_bridge.server.store.sqlite import SQLiteStore
     lead, store, now = tokens.new_token("lead"), SQLiteStore(sys.argv[2]), time.time()
     store.replace_lead_token(tokens.token_hash(lead), lead_role="bench-lead", now=now, expires_at=now + 86400)
     store.close()
@@ -224,6 +224,26 @@ async def start_bridge(
     say(f"bridge {name!r}: pid {process.pid} on https://{HOST}:{port}; config {json.dumps(shown)}")
     wire = Wire(port, port, workers, coordinators)
     return Bridge(name, process, port, data / "bridge.db", log, config, wire, lead_token)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What bench_hostile.py hands every scenario: its arguments, the work directory, the process
+    list, the runtime under test and the bench PKI (ca, cert, key files) with a client context."""
+
+    args: argparse.Namespace
+    workdir: Path
+    procs: RuntimeProcesses
+    runtime: Runtime
+    tls: tuple[str, str, str]
+    ssl_ctx: ssl.SSLContext
+
+    async def start_bridge(
+        self, name: str, conversations: int, changes: dict[str, dict[str, Any]], lead: bool = False
+    ) -> Bridge:
+        return await start_bridge(
+            name, self.workdir, self.procs, self.runtime, self.tls, self.ssl_ctx, conversations, changes, lead
+        )
 
 
 def limiter_changes(args: argparse.Namespace) -> dict[str, Any]:

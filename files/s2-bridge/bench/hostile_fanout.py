@@ -9,7 +9,6 @@ import ssl
 import statistics
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from bench_bridge import Conn, CpuMeter, fmt, load_average, memory_mb, open_pool, percentile, start_py_spy, wait_idle
@@ -18,15 +17,13 @@ from hostile_common import (
     WAIT_TIMEOUT_S,
     Bridge,
     Heartbeats,
-    Runtime,
-    RuntimeProcesses,
+    Scenario,
     beats_text,
     is_error_result,
     lag_text,
     limiter_changes,
     measure,
     say,
-    start_bridge,
 )
 
 # --- B. fan-out: 1,000 waits on one inbox, one large message ----------------------------------------
@@ -155,10 +152,8 @@ async def fanout_round(
     return result
 
 
-async def scenario_fanout(
-    args: argparse.Namespace, workdir: Path, procs: RuntimeProcesses, runtime: Runtime, pki: Any
-) -> dict[str, Any]:
-    tls, ssl_ctx = pki
+async def scenario_fanout(scenario: Scenario) -> dict[str, Any]:
+    args, runtime, ssl_ctx = scenario.args, scenario.runtime, scenario.ssl_ctx
     limits = limiter_changes(args)
     notes = []
     if runtime.supports("parked_waits_per_caller"):
@@ -168,7 +163,7 @@ async def scenario_fanout(
         notes.append("this runtime has no parked_waits_per_caller (no cap on parked waits): not written")
     for note in notes:
         say(f"fan-out: {note}")
-    bridge = await start_bridge("fanout", workdir, procs, runtime, tls, ssl_ctx, 2, {"limits": limits})
+    bridge = await scenario.start_bridge("fanout", 2, {"limits": limits})
     rss_start = memory_mb(bridge.pid)
     conns = await open_pool(bridge.port, ssl_ctx, args.waiters)
     say(f"fan-out: {len(conns)} keep-alive TLS connections open; RSS {memory_mb(bridge.pid)['VmRSS']:.1f} MB")

@@ -19,13 +19,11 @@ from hostile_common import (
     NETWORK_ERRORS,
     Bridge,
     Heartbeats,
-    Runtime,
-    RuntimeProcesses,
+    Scenario,
     beats_text,
     is_error_result,
     limiter_changes,
     say,
-    start_bridge,
 )
 
 DAY_S = 86_400.0
@@ -209,10 +207,8 @@ SNAPSHOT_HEAD = (
 )
 
 
-async def scenario_flood(
-    args: argparse.Namespace, workdir: Path, procs: RuntimeProcesses, runtime: Runtime, pki: Any
-) -> dict[str, Any]:
-    tls, ssl_ctx = pki
+async def scenario_flood(scenario: Scenario) -> dict[str, Any]:
+    args, runtime, ssl_ctx = scenario.args, scenario.runtime, scenario.ssl_ctx
     wanted = ("read_messages_days", "sweep_interval_s", "stored_bytes_per_sender")
     missing = [key for key in wanted if not runtime.supports(key)]
     notes = []
@@ -255,8 +251,8 @@ async def scenario_flood(
     for note in notes:
         say(f"flood: {note}")
     bridges = [
-        await start_bridge("limited", workdir, procs, runtime, tls, ssl_ctx, 4, limited, lead=args.lead),
-        await start_bridge("unlimited", workdir, procs, runtime, tls, ssl_ctx, 4, unlimited, lead=args.lead),
+        await scenario.start_bridge("limited", 4, limited, lead=args.lead),
+        await scenario.start_bridge("unlimited", 4, unlimited, lead=args.lead),
     ]
     floods = [Flood(args, bridge, ssl_ctx) for bridge in bridges]
     stop_send, stop_all = asyncio.Event(), asyncio.Event()

@@ -9,7 +9,6 @@ import ssl
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bench_bridge import HOST, Conn, CpuMeter, fmt, load_average, memory_mb, percentile
@@ -18,15 +17,13 @@ from hostile_common import (
     WAIT_TIMEOUT_S,
     Bridge,
     Heartbeats,
-    Runtime,
-    RuntimeProcesses,
+    Scenario,
     beats_text,
     is_error_result,
     lag_text,
     limiter_changes,
     measure,
     say,
-    start_bridge,
 )
 
 # --- A. slowloris beside parked waits and real heartbeats -----------------------------------------
@@ -176,15 +173,13 @@ async def probe_one_more(bridge: Bridge, ssl_ctx: ssl.SSLContext, token: str, ta
         conn.close()
 
 
-async def scenario_slowloris(
-    args: argparse.Namespace, workdir: Path, procs: RuntimeProcesses, runtime: Runtime, pki: Any
-) -> dict[str, Any]:
-    tls, ssl_ctx = pki
+async def scenario_slowloris(scenario: Scenario) -> dict[str, Any]:
+    args, ssl_ctx = scenario.args, scenario.ssl_ctx
     limits = limiter_changes(args)
     cap = args.parked_waits
     if cap != 4:
         limits["parked_waits_per_caller"] = cap
-    bridge = await start_bridge("slowloris", workdir, procs, runtime, tls, ssl_ctx, 2, {"limits": limits})
+    bridge = await scenario.start_bridge("slowloris", 2, {"limits": limits})
     waiter, beater = bridge.worker(0), 1
     out: dict[str, Any] = {"config": bridge.config, "load_average": {"start": load_average()}}
     rss: dict[str, float] = {"start": memory_mb(bridge.pid)["VmRSS"]}

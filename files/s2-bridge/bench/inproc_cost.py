@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from s2_bridge import tokens
-from s2_bridge.config import load_bridge_config
-from s2_bridge.serve import build
-from s2_bridge.store.sqlite import SQLiteStore
+from s2_bridge.contract import tokens
+from s2_bridge.contract.config import load_bridge_config
+from s2_bridge.server.serve import build
+from s2_bridge.server.store.sqlite import SQLiteStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bare_app import BareApp

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from s2_bridge import tokens
+from s2_bridge.contract import tokens
 
 
 @pytest.fixture

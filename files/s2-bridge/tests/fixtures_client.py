@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 from conftest import Bridge, call, connect
-from s2_bridge.credentials import credentials_document, write_private_json
+from s2_bridge.contract.credentials import credentials_document, write_private_json
 
 CLI = [sys.executable, "-m", "s2_bridge.cli"]
 

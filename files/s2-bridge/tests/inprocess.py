@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from s2_bridge import tokens
-from s2_bridge.caller import Caller
-from s2_bridge.config import BridgeConfig, LimitsSection, RetentionSection
-from s2_bridge.retention import DAY_S, Retention
-from s2_bridge.service import BridgeService
-from s2_bridge.store.sqlite import SQLiteStore
+from s2_bridge.contract import tokens
+from s2_bridge.contract.config import BridgeConfig, LimitsSection, RetentionSection
+from s2_bridge.server.caller import Caller
+from s2_bridge.server.retention import DAY_S, Retention
+from s2_bridge.server.service import BridgeService
+from s2_bridge.server.store.sqlite import SQLiteStore
 
 T0 = 1_800_000_000.0  # 2027-01-15: any fixed time will do
 

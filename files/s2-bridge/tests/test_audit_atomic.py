@@ -7,10 +7,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from s2_bridge import tokens
-from s2_bridge.config import BridgeConfig
-from s2_bridge.service import BridgeService
-from s2_bridge.store.sqlite import SQLiteStore
+from s2_bridge.contract import tokens
+from s2_bridge.contract.config import BridgeConfig
+from s2_bridge.server.service import BridgeService
+from s2_bridge.server.store.sqlite import SQLiteStore
 
 
 class AuditFails(Exception):

@@ -9,7 +9,7 @@ import time
 import httpx2
 import pytest
 from conftest import Bridge, call, connect, create_conversation, shaped_token
-from s2_bridge.permissions import tools_for
+from s2_bridge.contract.permissions import tools_for
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,7 @@ import random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from s2_bridge.backoff import Backoff, full_jitter_delay, jittered
+from s2_bridge.contract.backoff import Backoff, full_jitter_delay, jittered
 
 
 @given(

@@ -21,8 +21,8 @@ import anyio
 import pytest
 from conftest import PKI, Bridge, call, connect, create_conversation, issue_lead, serve_once
 from fixtures_client import run_cli
-from s2_bridge.store.sqlite import SCHEMA_VERSION
-from s2_bridge.tokens import TOKEN_RE
+from s2_bridge.contract.tokens import TOKEN_RE
+from s2_bridge.server.store.sqlite import SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from conftest import free_port
 from fixtures_client import cli_env
-from s2_bridge import exitcodes, tokens
+from s2_bridge.contract import exitcodes, tokens
 
 WORKER_TOKEN = tokens.new_token("worker")
 ADMIN_TOKEN = tokens.new_token("admin")

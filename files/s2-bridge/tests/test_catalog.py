@@ -1,8 +1,8 @@
-"""The committed tool catalog (s2_bridge/tool_catalog.json) against the live bridge.
+"""The committed tool catalog (s2_bridge/contract/tool_catalog.json) against the live bridge.
 
 The proxy answers tools/list from that file, so it must be exactly what the bridge serves:
 when a tool's name, description or schema changes on the server, this fails until the
-catalog is regenerated with `python -m s2_bridge.catalog --write`."""
+catalog is regenerated with `python -m s2_bridge.server.catalog_gen --write`."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import Bridge
 from fixtures_client import cli_env
-from s2_bridge import catalog, catalog_gen
-from s2_bridge.permissions import TOOL_CALLERS, tools_for
+from s2_bridge.contract import catalog
+from s2_bridge.contract.permissions import TOOL_CALLERS, tools_for
+from s2_bridge.server import catalog_gen
 
 pytestmark = pytest.mark.anyio
 
@@ -54,7 +55,7 @@ def test_committed_file_is_in_canonical_form() -> None:
 
 def test_loading_the_catalog_imports_no_sdk() -> None:
     code = (
-        "import sys; from s2_bridge import catalog; catalog.tools_for('worker', catalog.load()); "
+        "import sys; from s2_bridge.contract import catalog; catalog.tools_for('worker', catalog.load()); "
         "print(sorted(m for m in ('mcp', 'mcp_types', 'pydantic', 'httpx2', 'anyio') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=cli_env())
@@ -64,7 +65,9 @@ def test_loading_the_catalog_imports_no_sdk() -> None:
 def test_a_broken_catalog_is_a_clear_error(tmp_path: Path) -> None:
     broken = tmp_path / "tool_catalog.json"
     broken.write_text("{")
-    with pytest.raises(catalog.CatalogError, match=r"fix: reinstall, or run python -m s2_bridge\.catalog --write"):
+    with pytest.raises(
+        catalog.CatalogError, match=r"fix: reinstall, or run python -m s2_bridge\.server\.catalog_gen --write"
+    ):
         catalog.load(broken)
     broken.write_text(json.dumps({"tools": [{"description": "no name"}]}))
     with pytest.raises(catalog.CatalogError, match="not a list of tool objects"):
@@ -101,6 +104,6 @@ def test_the_wheel_carries_the_catalog(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     (wheel,) = tmp_path.glob("s2_bridge-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        assert "s2_bridge/tool_catalog.json" in archive.namelist()
-        carried = json.loads(archive.read("s2_bridge/tool_catalog.json"))
+        assert "s2_bridge/contract/tool_catalog.json" in archive.namelist()
+        carried = json.loads(archive.read("s2_bridge/contract/tool_catalog.json"))
     assert carried["tools"] == catalog.load()

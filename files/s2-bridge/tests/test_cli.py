@@ -14,9 +14,9 @@ import httpx2
 import pytest
 from conftest import Bridge, create_conversation, shaped_token
 from fixtures_client import admin_call, as_coordinator, run_cli, write_worker_credentials
-from s2_bridge import tokens
 from s2_bridge.cli import main
-from s2_bridge.credentials import load_credentials
+from s2_bridge.contract import tokens
+from s2_bridge.contract.credentials import load_credentials
 
 pytestmark = pytest.mark.anyio
 

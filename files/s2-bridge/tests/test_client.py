@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import mcp_types
 import pytest
 from conftest import PKI, Bridge, create_conversation, shaped_token
-from s2_bridge.client import (
+from s2_bridge.agent.client import (
     AuthRefused,
     BridgeClient,
     BridgeUnavailable,

@@ -1,4 +1,4 @@
-"""`s2-bridge codex-trust-hooks` (s2_bridge.codex_trust) against the REAL Codex app-server.
+"""`s2-bridge codex-trust-hooks` (s2_bridge.agent.codex_trust) against the REAL Codex app-server.
 
 Needs `codex` on PATH: npm install -g @openai/codex@0.171.0. Without it these tests fail, unless
 S2_NO_CODEX=1 is set (then the real-Codex tests skip; the ones with a fake app-server still run).
@@ -18,7 +18,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from s2_bridge import __version__, codex_trust, exitcodes
+from s2_bridge import __version__
+from s2_bridge.agent import codex_trust
+from s2_bridge.contract import exitcodes
 
 CODEX_PACKAGE = "@openai/codex@0.171.0"
 OUR_START = "/opt/s2/bin/s2-bridge hook --credentials /etc/s2/worker-1.json"
@@ -88,10 +90,10 @@ def write_config(codex_home: Path, *, stop: str = OUR_STOP) -> Path:
 
 
 def run_command(*args: str, label: str) -> subprocess.CompletedProcess[str]:
-    """`python -m s2_bridge.codex_trust ARGS` (the same run() the s2-bridge CLI calls), timed."""
+    """`python -m s2_bridge.agent.codex_trust ARGS` (the same run() the s2-bridge CLI calls), timed."""
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "s2_bridge.codex_trust", *args],
+        [sys.executable, "-m", "s2_bridge.agent.codex_trust", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from s2_bridge import tokens
-from s2_bridge.credentials import (
+from s2_bridge.contract import tokens
+from s2_bridge.contract.credentials import (
     CredentialsWatcher,
     credentials_document,
     load_credentials,
     read_token_file,
     write_private_json,
 )
-from s2_bridge.errors import ConfigError
+from s2_bridge.contract.errors import ConfigError
 
 WORKER_TOKEN = tokens.new_token("worker")
 COORDINATOR_TOKEN = tokens.new_token("coordinator")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import PKI, Bridge, create_conversation, heartbeat, raw_call
 from inprocess import make_fleet
-from s2_bridge.inbox import WakeTurns
-from s2_bridge.tools import encoded_once
+from s2_bridge.server.inbox import WakeTurns
+from s2_bridge.server.tools import encoded_once
 
 pytestmark = pytest.mark.anyio
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from conftest import PKI, Bridge, call, connect, create_conversation, free_port, worker_file
 from fixtures_client import admin_call, as_coordinator, cli_env, write_worker_credentials
-from s2_bridge import hook
-from s2_bridge.credentials import credentials_document, write_private_json
-from s2_bridge.tokens import TOKEN_RE
+from s2_bridge.agent import hook
+from s2_bridge.contract.credentials import credentials_document, write_private_json
+from s2_bridge.contract.tokens import TOKEN_RE
 
 CLI = [sys.executable, "-m", "s2_bridge.cli"]
 pytestmark = pytest.mark.anyio

@@ -15,8 +15,8 @@ import pytest
 from conftest import Bridge, raw_tool_call
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from s2_bridge import tokens
-from s2_bridge.store.sqlite import SQLiteStore
+from s2_bridge.contract import tokens
+from s2_bridge.server.store.sqlite import SQLiteStore
 
 TOOLS = {
     "create_conversation": ["my_role", "partner_role", "worker_id", "ttl_s"],

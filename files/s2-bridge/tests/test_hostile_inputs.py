@@ -14,8 +14,8 @@ from typing import Any
 import httpx2
 import pytest
 from conftest import PKI, Bridge, call, connect, create_conversation, issue_lead, raw_call
-from s2_bridge.check_messages import message_line
-from s2_bridge.table import fleet_table
+from s2_bridge.agent.check_messages import message_line
+from s2_bridge.agent.table import fleet_table
 
 pytestmark = pytest.mark.anyio
 

@@ -17,12 +17,13 @@ import anyio
 import httpx2
 import pytest
 from conftest import PKI, Bridge, create_conversation, heartbeat, serve_once, shaped_token, worker_file
-from s2_bridge import exitcodes, lean_http
-from s2_bridge.client import BridgeClient
-from s2_bridge.credentials import load_credentials
-from s2_bridge.errors import ConfigError
-from s2_bridge.logsafe import SafeFormatter, log_text
-from s2_bridge.loopback import is_loopback_host
+from s2_bridge.agent import lean_http
+from s2_bridge.agent.client import BridgeClient
+from s2_bridge.contract import exitcodes
+from s2_bridge.contract.credentials import load_credentials
+from s2_bridge.contract.errors import ConfigError
+from s2_bridge.contract.logsafe import SafeFormatter, log_text
+from s2_bridge.contract.loopback import is_loopback_host
 
 pytestmark = pytest.mark.anyio
 

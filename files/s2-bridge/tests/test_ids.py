@@ -1,4 +1,4 @@
-"""The worker id rule has one home (s2_bridge.ids); the roles' copy must say the same."""
+"""The worker id rule has one home (s2_bridge.contract.ids); the roles' copy must say the same."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from s2_bridge import ids
+from s2_bridge.contract import ids
 
 COLLECTION = Path(__file__).resolve().parents[3] / "collections/ansible_collections/s2/fleet"
-SHARED_VARS = COLLECTION / "roles/common/vars/main.yml"
+SHARED_VARS = COLLECTION / "roles/_common/vars/main.yml"
 # Every worker id the inventories and the tests use today, and shapes the rule must refuse.
 ACCEPTED = ["1", "3", "8", "10", "worker-3", "a.b_c-d", "x" * 64]
 REFUSED = ["", "-3", ".3", "_3", "x" * 65, "a/b", "../3", "a b", "3\n", "é"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import Bridge, call, connect, create_conversation
 from fixtures_client import Daemon, admin_call, as_coordinator, worker_health, write_worker_credentials
-from s2_bridge.credentials import load_credentials
+from s2_bridge.contract.credentials import load_credentials
 
 pytestmark = pytest.mark.anyio
 

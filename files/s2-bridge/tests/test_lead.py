@@ -11,9 +11,9 @@ import anyio
 import httpx2
 import pytest
 from conftest import Bridge, call, connect, create_conversation, issue_lead
-from s2_bridge.permissions import TOOL_CALLERS, tools_for
-from s2_bridge.store import SQLiteStore
-from s2_bridge.store.sqlite import SCHEMA_VERSION
+from s2_bridge.contract.permissions import TOOL_CALLERS, tools_for
+from s2_bridge.server.store import SQLiteStore
+from s2_bridge.server.store.sqlite import SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
 

@@ -20,9 +20,12 @@ from conftest import Bridge, call, connect, create_conversation, free_port, resu
 from fixtures_client import admin_call, as_coordinator, cli_env, write_worker_credentials
 from mcp import Client, StdioServerParameters
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from s2_bridge import __version__, catalog, catalog_gen, proxy
-from s2_bridge.credentials import credentials_document, write_private_json
-from s2_bridge.permissions import tools_for
+from s2_bridge import __version__
+from s2_bridge.agent import proxy
+from s2_bridge.contract import catalog
+from s2_bridge.contract.credentials import credentials_document, write_private_json
+from s2_bridge.contract.permissions import tools_for
+from s2_bridge.server import catalog_gen
 
 pytestmark = pytest.mark.anyio
 
@@ -144,7 +147,7 @@ def test_handshake_versions_are_the_sdk_values() -> None:
 def test_the_front_imports_no_sdk() -> None:
     """What runs before the first answer loads neither the MCP SDK, pydantic nor httpx2."""
     code = (
-        "import sys; import s2_bridge.cli, s2_bridge.proxy, s2_bridge.credentials; "
+        "import sys; import s2_bridge.cli, s2_bridge.agent.proxy, s2_bridge.contract.credentials; "
         "heavy = [m for m in ('mcp', 'mcp_types', 'pydantic', 'httpx2', 'anyio', 'asyncio') if m in sys.modules]; "
         "print(heavy)"
     )

@@ -10,7 +10,7 @@ from uuid import UUID
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from s2_bridge.redact import RULES, fold, redact_list, redact_text
+from s2_bridge.server.redact import RULES, fold, redact_list, redact_text
 
 # Fake secrets in realistic shapes, assembled from pieces so secret scanners do not flag this file.
 OPENAI_LEGACY = "sk-" + "T3BlbkFJ" + "a1B2c3D4e5F6g7H8i9J0" * 2

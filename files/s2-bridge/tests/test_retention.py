@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 from conftest import PKI, Bridge, call, connect, create_conversation, issue_lead, serve_once
 from inprocess import T0, Fleet, make_fleet
-from s2_bridge import exitcodes, messaging
-from s2_bridge.caller import Caller
-from s2_bridge.config import RetentionSection, load_bridge_config
-from s2_bridge.errors import BridgeError, ConfigError
-from s2_bridge.retention import DAY_S, Retention
-from s2_bridge.store.base import stored_size
-from s2_bridge.store.sqlite import JOURNAL_SIZE_LIMIT, SCHEMA_VERSION, SWEEP_STEP_MAX_BYTES, SQLiteStore
+from s2_bridge.contract import exitcodes
+from s2_bridge.contract.config import RetentionSection, load_bridge_config
+from s2_bridge.contract.errors import BridgeError, ConfigError
+from s2_bridge.server import messaging
+from s2_bridge.server.caller import Caller
+from s2_bridge.server.retention import DAY_S, Retention
+from s2_bridge.server.store.base import stored_size
+from s2_bridge.server.store.sqlite import JOURNAL_SIZE_LIMIT, SCHEMA_VERSION, SWEEP_STEP_MAX_BYTES, SQLiteStore
 
 
 def usage(db_path: Path | str) -> dict[str, tuple[int, int]]:
@@ -518,12 +519,18 @@ def watch_redaction(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return threads
 
 
+async def send_as_the_tool(service: Any, caller: Any, message: str) -> Any:
+    """What the send_to_partner tool does: redact a long body off the loop, then send."""
+    redacted = await service.redact_off_loop(caller, message, [])
+    return service.send_to_partner(caller, message, "info", [], redacted=redacted)
+
+
 async def test_a_long_body_is_redacted_off_the_event_loop(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
     threads = watch_redaction(monkeypatch)
     service, worker = fleet.service, fleet.workers["3"]
     long_body = "password=hunter2 " + "x" * messaging.REDACT_ON_LOOP_MAX_CHARS
-    sent = await service.send_to_partner_async(worker, long_body, "info", [])
-    await service.send_to_partner_async(worker, "short password=hunter2", "info", [])
+    sent = await send_as_the_tool(service, worker, long_body)
+    await send_as_the_tool(service, worker, "short password=hunter2")
     assert threads[0].startswith("s2-redact") and threads[1] == threading.current_thread().name
     assert sent.redactions == 1
     assert "hunter2" not in " ".join(fleet.remaining())
@@ -535,10 +542,10 @@ async def test_a_sender_at_its_quota_is_refused_before_any_redaction(
     fleet = make_fleet(tmp_path, stored_bytes_per_sender=20_000)
     try:
         worker = fleet.workers["3"]
-        await fleet.service.send_to_partner_async(worker, "y" * 19_998, "info", [])  # with "[]": at the cap
+        await send_as_the_tool(fleet.service, worker, "y" * 19_998)  # with "[]": at the cap
         threads = watch_redaction(monkeypatch)
         with pytest.raises(BridgeError) as refused:
-            await fleet.service.send_to_partner_async(worker, "z" * 30_000, "info", [])
+            await send_as_the_tool(fleet.service, worker, "z" * 30_000)
         assert refused.value.code == "quota_exceeded" and refused.value.field == "message"
         assert threads == []  # refused on the counter alone
         assert fleet.remaining() == {"y" * 19_998}

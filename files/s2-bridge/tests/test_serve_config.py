@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from conftest import serve_once
-from s2_bridge import exitcodes
-from s2_bridge.config import load_bridge_config
+from s2_bridge.contract import exitcodes
+from s2_bridge.contract.config import load_bridge_config
 
 GOOD = """
 [server]

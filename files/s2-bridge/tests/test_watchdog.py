@@ -17,9 +17,7 @@ from conftest import Bridge, call, connect, create_conversation
 from fixtures_client import Daemon, admin_call
 from hypothesis import given
 from hypothesis import strategies as st
-from s2_bridge import tokens
-from s2_bridge.models import worker_sort_key
-from s2_bridge.watchdog import (
+from s2_bridge.agent.watchdog import (
     Alert,
     NoHealthyWorker,
     ReassignStranded,
@@ -28,6 +26,8 @@ from s2_bridge.watchdog import (
     decide,
     plan_reassignments,
 )
+from s2_bridge.contract import tokens
+from s2_bridge.contract.models import worker_sort_key
 
 # --- decide(): pure ----------------------------------------------------------------------------
 

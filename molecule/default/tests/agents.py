@@ -8,7 +8,7 @@ import json
 import shlex
 from typing import Any
 
-from s2_bridge.tokens import TOKEN_RE
+from s2_bridge.contract.tokens import TOKEN_RE
 
 VENV_PYTHON = "/opt/s2-bridge/venv/bin/python"
 

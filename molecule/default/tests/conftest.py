@@ -10,7 +10,8 @@ Fixtures for tests:
   inventory       {"groups": {group: [hosts]}, "hostvars": {host: {...}}}
   host_name       inventory name of the host a test runs against
   in_group        in_group("workers") -> bool for the current host
-  get_lab_host    get_lab_host("orchestrator") -> a testinfra host (cross-host checks)
+  get_lab_host    get_lab_host("worker-3-tests") -> a testinfra host (cross-host checks)
+  orch_name       the orchestrator's inventory (and container) name: groups['orchestrator'][0]
 """
 
 from __future__ import annotations
@@ -105,6 +106,12 @@ def get_lab_host():
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def orch_name(inventory) -> str:
+    """The orchestrator host: the one host of group 'orchestrator' (as the roles find it)."""
+    return inventory["groups"]["orchestrator"][0]
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from agents import VENV_PYTHON, agent_calls, as_agent
-from s2_bridge.tokens import TOKEN_RE
+from s2_bridge.contract.tokens import TOKEN_RE
 
 AGENT_HOME = "/home/agent"
 BROADCAST = "freeze main: no merges until the release is tagged"
@@ -43,7 +43,7 @@ print(json.dumps(ours))
 
 
 def agent_kind(inventory, name: str) -> str:
-    if name == "orchestrator":
+    if name in inventory["groups"]["orchestrator"]:
         return str(inventory["hostvars"][name].get("s2_lead_agent_kind", "claude_code"))
     return str(inventory["hostvars"][name]["s2_agent_kind"])
 
@@ -84,8 +84,8 @@ def names(inventory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def drive(get_lab_host, inventory, names) -> dict[str, Any]:
     """The whole exchange, once; the tests below read what it left."""
-    orch = get_lab_host("orchestrator")
-    lead_kind = agent_kind(inventory, "orchestrator")
+    orch = get_lab_host(inventory["groups"]["orchestrator"][0])
+    lead_kind = agent_kind(inventory, inventory["groups"]["orchestrator"][0])
     ids = sorted(names, key=int)
     named = ids[:5]
 
@@ -163,8 +163,8 @@ def test_every_hook_shows_its_task_and_the_broadcast_once_then_nothing(drive, ge
 
 
 def test_the_lead_sees_every_worker_message(drive, get_lab_host, inventory):
-    orch = get_lab_host("orchestrator")
-    lead_kind = agent_kind(inventory, "orchestrator")
+    orch = get_lab_host(inventory["groups"]["orchestrator"][0])
+    lead_kind = agent_kind(inventory, inventory["groups"]["orchestrator"][0])
     inbox = agent_calls(orch, lead_kind, [("check_messages", {"limit": 200})])[0]["messages"]
     pairs = {(m["from_worker"], m["to_worker"], m["message"]) for m in inbox}
     assert ("6", "1", "your change breaks GET /users") in pairs
@@ -185,7 +185,7 @@ def drive_name(inventory) -> str:
 
 
 def test_lead_credentials_are_private_and_the_lead_cannot_administer(get_lab_host, inventory):
-    orch = get_lab_host("orchestrator")
+    orch = get_lab_host(inventory["groups"]["orchestrator"][0])
     creds = orch.file(f"{AGENT_HOME}/.s2/s2-lead-credentials.json")
     assert creds.exists and creds.mode == 0o600 and creds.user == "agent"
     data = json.loads(creds.content_string)
@@ -199,7 +199,7 @@ def test_lead_credentials_are_private_and_the_lead_cannot_administer(get_lab_hos
     }
     refused = agent_calls(
         orch,
-        agent_kind(inventory, "orchestrator"),
+        agent_kind(inventory, inventory["groups"]["orchestrator"][0]),
         [("create_conversation", {"my_role": "intruder", "partner_role": "worker-99-x"}), ("rotate_lead", {})],
     )
     assert all(r["error"]["code"] in ("unknown_tool", "forbidden") for r in refused), refused

@@ -59,16 +59,25 @@ def _ipv4_addresses(h) -> set[str]:
     return {line.split()[3].split("/")[0] for line in out.splitlines()}
 
 
-def test_workers_resolve_the_orchestrator(host, in_group, get_lab_host):
+def test_workers_resolve_the_orchestrator(host, in_group, get_lab_host, orch_name):
     if not in_group("workers"):
         return
-    answer = host.run("getent hosts orchestrator")
-    assert answer.rc == 0, "a worker cannot resolve 'orchestrator' (network DNS, aardvark-dns)"
+    answer = host.run(f"getent hosts {orch_name}")
+    assert answer.rc == 0, f"a worker cannot resolve '{orch_name}' (network DNS, aardvark-dns)"
     address = answer.stdout.split()[0]
     ipaddress.ip_address(address)
-    assert address in _ipv4_addresses(get_lab_host("orchestrator")), (
-        f"'orchestrator' resolves to {address}, which is not the orchestrator container"
+    assert address in _ipv4_addresses(get_lab_host(orch_name)), (
+        f"'{orch_name}' resolves to {address}, which is not the orchestrator container"
     )
     # and Python (what the runtime uses) agrees with getent
-    py = host.check_output("python3 -c \"import socket; print(socket.gethostbyname('orchestrator'))\"")
+    py = host.check_output(f"python3 -c \"import socket; print(socket.gethostbyname('{orch_name}'))\"")
     assert py == address
+
+
+def test_ansible_reaches_the_host_at_its_static_address_over_ssh(host, host_name, inventory):
+    """The inventory's ansible_host is this container's address, and sshd serves on it."""
+    hostvars = inventory["hostvars"][host_name]
+    if hostvars.get("ansible_connection", "ssh") not in ("ssh", "ansible.builtin.ssh"):
+        return
+    assert hostvars["ansible_host"] in _ipv4_addresses(host)
+    assert host.socket("tcp://0.0.0.0:22").is_listening

@@ -12,11 +12,12 @@ import os
 import re
 import shlex
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
-from s2_bridge.tokens import TOKEN_RE
+from s2_bridge.contract.tokens import TOKEN_RE
 
 VENV_PYTHON = "/opt/s2-bridge/venv/bin/python"
 S2_BRIDGE = "/opt/s2-bridge/venv/bin/s2-bridge"
@@ -24,14 +25,14 @@ ORCH_CREDENTIALS = "/var/lib/s2-fleet/credentials"
 ORCH_CA = "/etc/s2-bridge/tls/ca.crt"
 WORKER_CA = "/etc/s2-fleet/ca.crt"
 ADMIN_CONFIG = "/etc/s2-bridge/admin.toml"
-WATCHDOG_CONFIG = "/etc/s2-bridge/watchdog.toml"
+WATCHDOG_CONFIG = "/etc/s2-bridge/admin.d/watchdog.toml"  # the [watchdog] drop-in of admin.toml
 AGENT_HOME = "/home/agent"
 
 # Runs inside a container: call one tool with the token of a credentials file (or the admin
 # token file) and print the JSON result (or the error) on stdout.
 CALL_SCRIPT = r"""
 import asyncio, json, sys
-from s2_bridge.client import BridgeClient, ToolCallError
+from s2_bridge.agent.client import BridgeClient, ToolCallError
 url, ca, token_file, side, tool, args = sys.argv[1:7]
 raw = open(token_file).read()
 token = raw.strip() if side == "admin" else json.loads(raw)[side + "_token"]
@@ -47,8 +48,8 @@ asyncio.run(main())
 # Runs inside a worker as the agent user: call one tool with its own credentials file.
 WORKER_CALL_SCRIPT = r"""
 import asyncio, json, sys
-from s2_bridge.client import BridgeClient, ToolCallError
-from s2_bridge.credentials import load_credentials
+from s2_bridge.agent.client import BridgeClient, ToolCallError
+from s2_bridge.contract.credentials import load_credentials
 path, tool, args = sys.argv[1:4]
 async def main():
     async with BridgeClient.for_credentials(load_credentials(path)) as bridge:
@@ -71,8 +72,8 @@ asyncio.run(main())
 
 
 @pytest.fixture(scope="session")
-def orch(get_lab_host):
-    return get_lab_host("orchestrator")
+def orch(get_lab_host, orch_name):
+    return get_lab_host(orch_name)
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +84,22 @@ def workers(inventory) -> list[str]:
 @pytest.fixture(scope="session")
 def worker_ids(inventory, workers) -> dict[str, str]:
     return {name: str(inventory["hostvars"][name]["s2_worker_id"]) for name in workers}
+
+
+@pytest.fixture(scope="session")
+def worker_bridge_url(get_lab_host, workers, worker_ids) -> str:
+    """The URL the workers were given (their credentials file): derived from the inventory's
+    port and the orchestrator's address, never written into a test."""
+    name = workers[0]
+    path = f"{AGENT_HOME}/.s2/s2-worker-{worker_ids[name]}-credentials.json"
+    return json.loads(get_lab_host(name).file(path).content_string)["bridge_url"]
+
+
+@pytest.fixture(scope="session")
+def by_name_url(worker_bridge_url, orch_name) -> str:
+    """The workers' URL with the orchestrator's inventory name as host (the certificate covers it)."""
+    parts = urllib.parse.urlsplit(worker_bridge_url)
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{orch_name}:{parts.port}", path=""))
 
 
 @pytest.fixture(scope="session")
@@ -140,19 +157,23 @@ def watchdog_setting(orch, key: str) -> float:
 # --- the bridge ----------------------------------------------------------------------------------
 
 
-def test_bridge_is_active_and_serves_tls_that_verifies_against_the_fleet_ca(orch, get_lab_host, workers):
+def test_bridge_is_active_and_serves_tls_that_verifies_against_the_fleet_ca(
+    orch, get_lab_host, workers, worker_bridge_url, by_name_url
+):
     assert orch.service("s2-bridge").is_running
     assert orch.service("s2-bridge").is_enabled
     worker = get_lab_host(workers[0])
-    probe = (
-        f'{VENV_PYTHON} -c "import ssl, urllib.request; '
-        f"ctx = ssl.create_default_context(cafile='{WORKER_CA}'); "
-        "print(urllib.request.urlopen('https://orchestrator:8443/healthz', context=ctx).status)\""
-    )
-    assert worker.check_output(probe) == "200"
+    # the workers' URL (the orchestrator's ansible_host) and its inventory name: both in the certificate
+    for base in (worker_bridge_url.rsplit("/", 1)[0], by_name_url):
+        probe = (
+            f'{VENV_PYTHON} -c "import ssl, urllib.request; '
+            f"ctx = ssl.create_default_context(cafile='{WORKER_CA}'); "
+            f"print(urllib.request.urlopen('{base}/healthz', context=ctx).status)\""
+        )
+        assert worker.check_output(probe) == "200", base
     # The system trust store does not know the fleet CA: the handshake must fail.
     untrusted = worker.run(
-        f"{VENV_PYTHON} -c \"import urllib.request; urllib.request.urlopen('https://orchestrator:8443/healthz')\""
+        f"{VENV_PYTHON} -c \"import urllib.request; urllib.request.urlopen('{by_name_url}/healthz')\""
     )
     assert untrusted.rc != 0
     assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
@@ -169,11 +190,9 @@ except urllib.error.HTTPError as exc:
 """
 
 
-def test_bridge_refuses_a_call_with_no_token(get_lab_host, workers):
+def test_bridge_refuses_a_call_with_no_token(get_lab_host, workers, worker_bridge_url):
     worker = get_lab_host(workers[0])
-    probe = " ".join(
-        shlex.quote(p) for p in [VENV_PYTHON, "-c", NO_TOKEN_SCRIPT, WORKER_CA, "https://orchestrator:8443/mcp"]
-    )
+    probe = " ".join(shlex.quote(p) for p in [VENV_PYTHON, "-c", NO_TOKEN_SCRIPT, WORKER_CA, worker_bridge_url])
     assert worker.check_output(probe) == "401"
 
 

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import pytest
 from agents import agent_calls
-from s2_bridge.tokens import TOKEN_RE
+from s2_bridge.contract.tokens import TOKEN_RE
 
 WORKER = "worker-7-wsl-cli"
 SUPERVISOR = "/opt/s2-bridge/bin/s2-keepalive-supervisor"
@@ -24,8 +24,8 @@ def worker(get_lab_host):
 
 
 @pytest.fixture(scope="session")
-def orch(get_lab_host):
-    return get_lab_host("orchestrator")
+def orch(get_lab_host, orch_name):
+    return get_lab_host(orch_name)
 
 
 @pytest.fixture(scope="session")

@@ -12,24 +12,25 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from s2_bridge import __version__, exitcodes
-from s2_bridge.errors import ConfigError
-from s2_bridge.logsafe import SafeFormatter
+from s2_bridge import __version__
+from s2_bridge.contract import exitcodes
+from s2_bridge.contract.errors import ConfigError
+from s2_bridge.contract.logsafe import SafeFormatter
 
 # subcommand -> module whose run(args) -> int implements it
 COMMANDS = {
-    "serve": "s2_bridge.serve",
-    "keepalive": "s2_bridge.keepalive",
-    "supervise": "s2_bridge.supervise",
-    "watchdog": "s2_bridge.watchdog",
-    "check-messages": "s2_bridge.check_messages",
-    "status": "s2_bridge.status",
-    "mcp-proxy": "s2_bridge.proxy",
-    "hook": "s2_bridge.hook",
-    "codex-trust-hooks": "s2_bridge.codex_trust",
-    "admin": "s2_bridge.admin",
-    "backup": "s2_bridge.backup",
-    "restore": "s2_bridge.restore",
+    "serve": "s2_bridge.server.serve",
+    "keepalive": "s2_bridge.agent.keepalive",
+    "supervise": "s2_bridge.agent.supervise",
+    "watchdog": "s2_bridge.agent.watchdog",
+    "check-messages": "s2_bridge.agent.check_messages",
+    "status": "s2_bridge.agent.status",
+    "mcp-proxy": "s2_bridge.agent.proxy",
+    "hook": "s2_bridge.agent.hook",
+    "codex-trust-hooks": "s2_bridge.agent.codex_trust",
+    "admin": "s2_bridge.agent.admin",
+    "backup": "s2_bridge.server.backup",
+    "restore": "s2_bridge.server.restore",
 }
 
 
@@ -137,7 +138,7 @@ def _add_admin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _hook_timeout(text: str) -> float:
-    from s2_bridge.hook import timeout_arg  # noqa: PLC0415 - only `hook` pays for this import
+    from s2_bridge.agent.hook import timeout_arg  # noqa: PLC0415 - only `hook` pays for this import
 
     return timeout_arg(text)
 

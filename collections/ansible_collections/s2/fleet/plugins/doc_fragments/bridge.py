@@ -11,28 +11,21 @@ class ModuleDocFragment(object):
     # The options every s2.fleet module that calls the bridge shares (module_utils/runtime.py).
     DOCUMENTATION = r"""
 options:
-  bridge_url:
+  admin_config:
     description:
-      - URL of the bridge's MCP endpoint, for example V(https://orchestrator.example:8443/mcp).
-      - Use an C(http://) URL only for a bridge on loopback started with C(--insecure-http).
-    type: str
-    required: true
-  ca_file:
-    description:
-      - PEM file of the CA that signed the bridge's TLS certificate (the fleet CA,
-        V(/etc/s2-bridge/tls/ca.crt) on the orchestrator), the C(ca_file) of the runtime's configs.
-      - When omitted, the system trust store is used. Ignored for C(http://) URLs.
-      - The alias O(ca_path) is the name this option had before; it keeps working.
+      - The s2-bridge admin client configuration on the managed host (the orchestrator), the file
+        C(s2-bridge status --config) and C(s2-bridge watchdog --config) read. The P(s2.fleet.mcp_bridge#role) role
+        writes it (C(admin.toml) in C(mcp_bridge_config_dir)) from the bridge's own listen address and port, so it
+        names the bridge as the orchestrator reaches it.
+      - The module reads the bridge's URL (C(bridge_url)), the CA that signed its certificate (C(ca_file)) and the
+        admin token file (C(admin_token_file)) from it, with the runtime's own reader, so its checks and error
+        messages are those of the runtime's commands (a missing key, a plain C(http://) URL off loopback, a
+        C(ca_file) that does not exist).
+      - The admin token is read on the managed host and sent only in the C(Authorization) header; it is never a
+        module argument and never appears in the module's output. The configuration is 0640 C(root:s2-bridge) and the
+        token file 0600 C(s2-bridge), so tasks usually need privilege escalation (C(become)).
     type: path
-    aliases: [ca_path]
-  admin_token_file:
-    description:
-      - File on the managed host that holds the bridge's admin token. The bridge writes it on its first start.
-      - The token is read on the managed host and sent only in the C(Authorization) header; it is never
-        a module argument and never appears in the module's output.
-      - The file is 0600 and owned by C(s2-bridge), so tasks usually need privilege escalation (C(become)).
-    type: path
-    default: /var/lib/s2-bridge/admin.token
+    default: /etc/s2-bridge/admin.toml
   runtime_python:
     description:
       - Python interpreter of the s2-bridge runtime venv, which has the runtime package C(s2_bridge) and its

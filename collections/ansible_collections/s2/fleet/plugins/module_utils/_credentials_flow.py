@@ -7,7 +7,7 @@ Not a public API: other collections must not import it; it may change in any rel
 
 Both modules read a credentials file, ask the bridge (as the admin) what is live, decide, call
 the bridge, and write the file with the runtime's one atomic 0600 writer
-(``s2_bridge.credentials.write_private_json``) under the wanted owner.  This file holds the
+(``s2_bridge.contract.credentials.write_private_json``) under the wanted owner.  This file holds the
 options, checks, file handling and the module run (main) they share; each module keeps only its
 own plan and its own converge().  No file content ever goes into a message: errors name paths,
 users and groups only.
@@ -31,16 +31,17 @@ from ansible_collections.s2.fleet.plugins.module_utils.runtime import (
     connect,
     ensure_runtime,
     fail,
+    read_admin_config,
 )
 
 # The runtime's contract; the modules use these through this file (flow.FIELDS, ...).
 try:
-    from s2_bridge.credentials import FIELDS, LEAD_FIELDS  # pylint: disable=unused-import
-    from s2_bridge.credentials import credentials_document  # pylint: disable=unused-import
-    from s2_bridge.credentials import write_private_json
-    from s2_bridge.errors import ConfigError
-    from s2_bridge.ids import WORKER_ID_FIX, is_worker_id  # pylint: disable=unused-import
-    from s2_bridge.tokens import PATTERNS  # pylint: disable=unused-import
+    from s2_bridge.contract.credentials import FIELDS, LEAD_FIELDS  # pylint: disable=unused-import
+    from s2_bridge.contract.credentials import credentials_document  # pylint: disable=unused-import
+    from s2_bridge.contract.credentials import write_private_json
+    from s2_bridge.contract.errors import ConfigError
+    from s2_bridge.contract.ids import WORKER_ID_FIX, is_worker_id  # pylint: disable=unused-import
+    from s2_bridge.contract.tokens import PATTERNS  # pylint: disable=unused-import
 except ImportError:  # run() re-runs the module under the runtime venv's python (ensure_runtime) before any use
     FIELDS = LEAD_FIELDS = PATTERNS = WORKER_ID_FIX = None
     credentials_document = write_private_json = is_worker_id = ConfigError = None
@@ -194,16 +195,24 @@ def check_lifetimes(params):
 def run(module, converge, prepare=None, file_label="credentials file"):
     """A module's whole run: re-run in the runtime venv, check, converge, report.
 
+    Before prepare, params gets bridge_url and ca_file (empty for an http:// URL) of the module's admin_config,
+    read with the runtime's load_admin_config: the bridge as the orchestrator reaches it, which is what the
+    orchestrator's own files (its copy of each worker's credentials, the lead's file) must name.
     prepare(params) -> message or None: the module's own argument checks (and defaults it resolves).
     converge(params, call, check_mode, on_secret) -> the result plus a 'diff' key; it raises Failure.
     """
     params = module.params
     ensure_runtime(module)
+    try:
+        config = read_admin_config(params["admin_config"])
+    except Failure as err:
+        fail(module, err)
+    params.update(bridge_url=config.bridge_url, ca_file=config.ca_file or "")
     problem = (prepare(params) if prepare else None) or check_lifetimes(params)
     if problem:
         module.fail_json(msg=problem)
     try:
-        bridge = connect(module)
+        bridge = connect(module, config)
         result = converge(params, bridge.call, check_mode=module.check_mode, on_secret=module.no_log_values.add)
     except Failure as err:
         fail(module, err)

@@ -3,9 +3,9 @@
 # MIT License (see LICENSE in the collection root)
 """The s2.fleet modules' adapter over the s2-bridge runtime (the Python package ``s2_bridge``).
 
-The runtime owns the contract: ``s2_bridge.client.BridgeClient`` talks MCP to the bridge (TLS
-against the fleet CA, result parsing, its failure classes), ``s2_bridge.credentials`` owns the
-credentials fields, the token file reader and the one atomic 0600 writer, ``s2_bridge.tokens``
+The runtime owns the contract: ``s2_bridge.agent.client.BridgeClient`` talks MCP to the bridge (TLS
+against the fleet CA, result parsing, its failure classes), ``s2_bridge.contract.credentials`` owns the
+credentials fields, the token file reader and the one atomic 0600 writer, ``s2_bridge.contract.tokens``
 the token shape.  This file only adapts them to a module: the re-run into the runtime venv, the
 options every module shares, a synchronous admin call, and one failure type for fail_json.
 
@@ -29,28 +29,31 @@ from ansible.module_utils.common.respawn import has_respawned, respawn_module
 
 S2_BRIDGE_IMPORT_ERROR = None
 try:
-    from s2_bridge import tokens
-    from s2_bridge.backoff import full_jitter_delay
-    from s2_bridge.client import AuthRefused, BridgeClient, BridgeUnavailable, ToolCallError
-    from s2_bridge.credentials import read_token_file
-    from s2_bridge.errors import ConfigError
+    from s2_bridge.contract import tokens
+    from s2_bridge.contract.backoff import full_jitter_delay
+    from s2_bridge.contract.config import load_admin_config
+    from s2_bridge.agent.client import AuthRefused, BridgeClient, BridgeUnavailable, ToolCallError
+    from s2_bridge.contract.credentials import read_token_file
+    from s2_bridge.contract.errors import ConfigError
 except ImportError:
     HAS_S2_BRIDGE = False
     S2_BRIDGE_IMPORT_ERROR = traceback.format_exc()
 else:
     HAS_S2_BRIDGE = True
 
+# The admin client configuration the mcp_bridge role writes on the orchestrator from the bridge's own listen
+# settings (docs/CONTRACTS.md): the one home of the admin endpoint (bridge_url, ca_file, admin_token_file).
+# The doc fragment s2.fleet.bridge states the same default (ansible-doc needs it literally).
+ADMIN_CONFIG_DEFAULT = "/etc/s2-bridge/admin.toml"
+
 # Options every module that talks to the bridge shares (doc fragment s2.fleet.bridge).
 BRIDGE_ARGUMENT_SPEC = {
-    "bridge_url": {"type": "str", "required": True},
-    "ca_file": {"type": "path", "aliases": ["ca_path"]},
-    "admin_token_file": {"type": "path", "default": "/var/lib/s2-bridge/admin.token"},
+    "admin_config": {"type": "path", "default": ADMIN_CONFIG_DEFAULT},
     "runtime_python": {"type": "path", "default": "/opt/s2-bridge/venv/bin/python"},
     "timeout_s": {"type": "float", "default": 30.0},
 }
 
 MISSING_LIB_NAME = "s2_bridge (the s2-bridge runtime venv)"
-ARGUMENTS = "module arguments"  # how a ConfigError about bridge_url or ca_file names its source
 RATE_LIMITED = "HTTP 429"  # BridgeUnavailable for a call the bridge refused before processing it
 RATE_LIMIT_RETRIES = 3
 
@@ -58,7 +61,7 @@ RATE_LIMIT_RETRIES = 3
 class Failure(Exception):
     """Why a module run failed, as fail_json reports it (msg and error); it never holds a token.
 
-    code: the bridge's own error code when it refused a call, else admin_token_file,
+    code: the bridge's own error code when it refused a call, else admin_config, admin_token_file,
     unauthenticated, unreachable, bridge_url, ca_file, bad_result or credentials_file.
     changed: the bridge or a file had already been modified when it happened.
     """
@@ -113,6 +116,22 @@ def read_admin_token(path):
         ) from None
 
 
+def read_admin_config(path):
+    """The runtime's AdminConfig from path (load_admin_config: the same checks and messages as
+    `s2-bridge status --config`), or Failure naming the file, the key and the fix."""
+    try:
+        return load_admin_config(path)
+    except ConfigError as exc:
+        where = "%s: %s" % (exc.path, exc.field) if exc.field else exc.path
+        raise Failure(
+            "admin_config",
+            "%s: %s" % (where, exc.problem),
+            field="admin_config",
+            fix="%s (the s2.fleet.mcp_bridge role writes it on the orchestrator from its listen settings; it is "
+            "0640 root:s2-bridge, so tasks need become: true)" % exc.fix,
+        ) from None
+
+
 def _failure(exc, tool, bridge_url):
     """The Failure for what BridgeClient raised."""
     if isinstance(exc, ToolCallError):
@@ -123,35 +142,40 @@ def _failure(exc, tool, bridge_url):
             "%s" % exc,
             field="admin_token_file",
             tool=tool,
-            fix="use the admin_token_file of the bridge bridge_url points at (the bridge replaces a stale file when "
-            "it starts)",
+            fix="admin_config's admin_token_file must be the token file of the bridge its bridge_url points at (the "
+            "bridge replaces a stale file when it starts)",
         )
     return Failure(
         "unreachable",
         "bridge %s: %s" % (bridge_url, exc),
         field="bridge_url",
         tool=tool,
-        fix="check that s2-bridge.service runs and that bridge_url (scheme, host, port, /mcp) and ca_file are right",
+        fix="check that s2-bridge.service runs and that bridge_url (scheme, host, port, /mcp) and ca_file of "
+        "admin_config are right (the s2.fleet.mcp_bridge role writes them from mcp_bridge_listen_host and "
+        "mcp_bridge_port)",
     )
 
 
 class AdminBridge(object):
     """Synchronous admin calls for module code over the runtime's BridgeClient (one short connection a call)."""
 
-    def __init__(self, bridge_url, token, ca_file=None, timeout_s=30.0):
+    def __init__(self, bridge_url, token, ca_file=None, timeout_s=30.0, source="admin_config"):
         try:
             self._client = BridgeClient(
-                bridge_url, token, ca_file=ca_file, source=ARGUMENTS, call_timeout_s=float(timeout_s)
+                bridge_url, token, ca_file=ca_file, source=source, call_timeout_s=float(timeout_s)
             )
         except ConfigError as exc:
             raise Failure(exc.field or "config", exc.problem, field=exc.field, fix=exc.fix) from None
         self.bridge_url = bridge_url
+        self.ca_file = ca_file
         self.secrets = [token]  # what a module registers with no_log_values
         self._rng = random.Random()
 
     @classmethod
-    def from_token_file(cls, bridge_url, admin_token_file, ca_file=None, timeout_s=30.0):
-        return cls(bridge_url, read_admin_token(admin_token_file), ca_file=ca_file, timeout_s=timeout_s)
+    def from_admin_config(cls, config, timeout_s=30.0):
+        """The admin's bridge for an AdminConfig (read_admin_config): its URL, CA and admin token file."""
+        token = read_admin_token(config.admin_token_file)
+        return cls(config.bridge_url, token, ca_file=config.ca_file, timeout_s=timeout_s, source=config.path)
 
     async def _call(self, tool, arguments):
         async with self._client as bridge:
@@ -194,12 +218,16 @@ def ensure_runtime(module):
     module.fail_json(msg=missing_required_lib(MISSING_LIB_NAME, reason=reason), exception=S2_BRIDGE_IMPORT_ERROR)
 
 
-def connect(module):
-    """The AdminBridge for the module's shared options, the admin token registered as a no_log value."""
+def connect(module, config=None):
+    """The AdminBridge for the module's admin_config (or an AdminConfig already read from it), the admin token
+    registered as a no_log value."""
     params = module.params
-    token = read_admin_token(params["admin_token_file"])
+    config = config or read_admin_config(params["admin_config"])
+    token = read_admin_token(config.admin_token_file)
     module.no_log_values.add(token)
-    return AdminBridge(params["bridge_url"], token, ca_file=params["ca_file"], timeout_s=params["timeout_s"])
+    return AdminBridge(
+        config.bridge_url, token, ca_file=config.ca_file, timeout_s=params["timeout_s"], source=config.path
+    )
 
 
 def fail(module, err):

@@ -15,9 +15,9 @@ version_added: 0.1.0
 description:
   - Makes sure a worker has exactly one live conversation on the s2 MCP bridge and that the orchestrator
     holds its credentials file, C(<credentials_dir>/s2-worker-<worker_id>-credentials.json).
-  - Runs on the orchestrator host (delegate to it when provisioning a single worker). It reads the admin
-    token from O(admin_token_file) there and calls the bridge's admin tools (C(list_conversations),
-    C(create_conversation), C(rotate_conversation), C(revoke_conversation)) over MCP.
+  - Runs on the orchestrator host (delegate to it when provisioning a single worker). It reaches the bridge as
+    O(admin_config) there says (URL, CA, admin token file) and calls the bridge's admin tools
+    (C(list_conversations), C(create_conversation), C(rotate_conversation), C(revoke_conversation)) over MCP.
   - With O(state=present) the module is idempotent. It keeps the conversation in the file while the bridge
     lists it as live and it has at least O(min_lifetime_s) seconds left. With less life left it rotates it
     (same conversation id, new tokens; the bridge refuses the old ones). Without a file it creates one.
@@ -30,6 +30,10 @@ description:
     It holds both tokens, the fields of the s2 credentials contract as the runtime defines them
     (C(conversation_id), C(worker_id), C(worker_role), C(coordinator_token), C(worker_token), C(created_at),
     C(expires_at), C(bridge_url), C(ca_file)).
+  - The file is the orchestrator's copy and is valid on the orchestrator, where it lives. Its C(bridge_url) and
+    C(ca_file) are those of O(admin_config), the bridge as the orchestrator reaches it, so the runtime's own
+    commands (C(s2-bridge check-messages --credentials FILE), C(mcp-proxy)) accept it there. The worker's own file
+    (public URL, the CA path on the worker) is written by the C(s2.fleet.credentials) role.
   - No token ever appears in the module's result, diff, warnings or error messages, nor on a command line.
 author:
   - S2 fleet maintainers (@s2-fleet)
@@ -67,11 +71,6 @@ options:
       - An existing directory is brought to mode 0700 and to O(owner) and O(group) too.
     type: path
     default: /var/lib/s2-fleet/credentials
-  ca_file_for_workers:
-    description:
-      - CA path written into the credentials file as C(ca_file), the path workers find the fleet CA at.
-    type: str
-    default: /etc/s2-fleet/ca.crt
 attributes:
   check_mode:
     support: full
@@ -86,7 +85,8 @@ attributes:
     support: full
     description: Runs on the orchestrator host, where the admin token file is.
 notes:
-  - The credentials role pushes each worker its own copy of the file, without the coordinator token.
+  - The credentials role pushes each worker its own copy of the file, without the coordinator token, with the
+    bridge URL and CA path the worker uses.
 seealso:
   - module: s2.fleet.fleet_status_info
 """
@@ -94,8 +94,6 @@ seealso:
 EXAMPLES = r"""
 - name: Worker 3 has a conversation with at least a week of life left
   s2.fleet.bridge_conversation:
-    bridge_url: https://orchestrator.example:8443/mcp
-    ca_file: /etc/s2-bridge/tls/ca.crt
     worker_id: "3"
     partner_role: tests
     owner: agent
@@ -104,8 +102,6 @@ EXAMPLES = r"""
 
 - name: Provision one worker alone; the call runs on the orchestrator
   s2.fleet.bridge_conversation:
-    bridge_url: "{{ s2_bridge_url }}"
-    ca_file: /etc/s2-bridge/tls/ca.crt
     worker_id: "{{ s2_worker_id }}"
     partner_role: "{{ s2_worker_role }}"
   delegate_to: "{{ groups['orchestrator'][0] }}"
@@ -113,17 +109,14 @@ EXAMPLES = r"""
 
 - name: Rotate the tokens now (the old ones stop working)
   s2.fleet.bridge_conversation:
-    bridge_url: https://orchestrator.example:8443/mcp
-    ca_file: /etc/s2-bridge/tls/ca.crt
     worker_id: "3"
     partner_role: tests
     state: rotated
   become: true
 
-- name: Retire worker 3
+- name: Retire worker 3, with the admin client configuration of a bridge configured elsewhere
   s2.fleet.bridge_conversation:
-    bridge_url: https://orchestrator.example:8443/mcp
-    ca_file: /etc/s2-bridge/tls/ca.crt
+    admin_config: /srv/s2-bridge/etc/admin.toml
     worker_id: "3"
     state: absent
   become: true
@@ -134,8 +127,8 @@ action:
   description:
     - What the module did (or would do in check mode).
     - V(created) a new conversation, V(rotated) new tokens for the same conversation, V(updated) the
-      credentials file only (bridge URL, CA path or permissions), V(unchanged), V(revoked) the conversation
-      and removed the file, V(absent) nothing to remove.
+      credentials file only (bridge URL or CA path of O(admin_config), or permissions), V(unchanged), V(revoked)
+      the conversation and removed the file, V(absent) nothing to remove.
   returned: always
   type: str
   sample: created
@@ -220,7 +213,8 @@ def describe(conv=None, data=None, path=None):
 def _new_credentials(issued, params, tool):
     """The credentials file content from a create/rotate result (the runtime's document); Failure when a field
     is missing."""
-    document = flow.credentials_document(issued, params["bridge_url"], params["ca_file_for_workers"])
+    # the orchestrator's copy: the bridge and CA as the orchestrator reaches them (admin_config)
+    document = flow.credentials_document(issued, params["bridge_url"], params["ca_file"])
     document["worker_id"] = "%s" % (document["worker_id"] or params["worker_id"])
     document["worker_role"] = document["worker_role"] or params["partner_role"]
     missing = [
@@ -291,16 +285,17 @@ def plan(params, conversations, data, file_ok, now):
 def desired_from_file(data, params):
     """The file's content with the settings this run asks for (same tokens)."""
     values = dict(data)
-    values.update(worker_id=params["worker_id"], bridge_url=params["bridge_url"], ca_file=params["ca_file_for_workers"])
+    values.update(worker_id=params["worker_id"], bridge_url=params["bridge_url"], ca_file=params["ca_file"] or "")
     return {name: values.get(name) for name in flow.FIELDS}
 
 
 def converge(params, call, check_mode=False, on_secret=None, now=None):
     """Bring one worker's conversation and credentials file to params['state'].
 
-    params: the module's parameters.  call(tool, arguments) -> dict calls an admin tool on the bridge
-    (AdminBridge.call).  on_secret(value) is told every token this run reads or receives (the module
-    registers them as no_log values).  Returns the module result plus a 'diff' key; holds no token.
+    params: the module's parameters, with bridge_url and ca_file of its admin_config (flow.run).
+    call(tool, arguments) -> dict calls an admin tool on the bridge (AdminBridge.call).  on_secret(value) is
+    told every token this run reads or receives (the module registers them as no_log values).  Returns the
+    module result plus a 'diff' key; holds no token.
     """
     now = now or flow.utcnow()
     on_secret = on_secret or (lambda value: None)
@@ -442,7 +437,6 @@ def main():
             worker_id={"type": "str", "required": True},
             state={"type": "str", "default": "present", "choices": ["present", "absent", "rotated"]},
             credentials_dir={"type": "path", "default": "/var/lib/s2-fleet/credentials"},
-            ca_file_for_workers={"type": "str", "default": "/etc/s2-fleet/ca.crt"},
         ),
         required_if=[("state", "present", ["partner_role"]), ("state", "rotated", ["partner_role"])],
         supports_check_mode=True,

@@ -16,8 +16,8 @@ description:
   - Makes sure the fleet's lead (the orchestrator's coding agent, which sees every worker's messages and sends,
     broadcasts and assigns work) holds a live lead token in its credentials file O(path), usually
     C(~AGENT/.s2/s2-lead-credentials.json).
-  - Runs on the orchestrator host. It reads the admin token from O(admin_token_file) there and calls the bridge's
-    admin tools C(list_conversations) (its C(lead) entry) and C(rotate_lead) over MCP.
+  - Runs on the orchestrator host. It reaches the bridge as O(admin_config) there says (URL, CA, admin token file)
+    and calls the bridge's admin tools C(list_conversations) (its C(lead) entry) and C(rotate_lead) over MCP.
   - With O(state=present) the module is idempotent. It keeps the lead token in the file while the file parses,
     its C(expires_at) and C(lead_role) match the live lead the bridge lists, and that lead has at least
     O(min_lifetime_s) seconds left. Otherwise it calls C(rotate_lead), which issues a new lead token; the bridge
@@ -56,13 +56,13 @@ options:
     description:
       - URL written into the file as C(bridge_url), the URL the lead's commands (C(s2-bridge mcp-proxy), C(hook))
         use.
-      - When omitted, O(bridge_url), because the lead runs on the orchestrator and reaches the bridge as the module
-        does.
+      - When omitted, the C(bridge_url) of O(admin_config), because the lead runs on the orchestrator and reaches the
+        bridge as the module does.
     type: str
   ca_file_for_lead:
     description:
       - CA path written into the file as C(ca_file). It must be readable by O(owner).
-      - When omitted, O(ca_file); an empty string when that is omitted too (an C(http://) bridge).
+      - When omitted, the C(ca_file) of O(admin_config); an empty string when it has none (an C(http://) bridge).
     type: str
 attributes:
   check_mode:
@@ -88,8 +88,6 @@ seealso:
 EXAMPLES = r"""
 - name: The orchestrator's agent holds a lead token with at least a week of life left
   s2.fleet.bridge_lead:
-    bridge_url: https://127.0.0.1:8443/mcp
-    ca_file: /etc/s2-bridge/tls/ca.crt
     path: /home/agent/.s2/s2-lead-credentials.json
     owner: agent
     group: agent
@@ -98,8 +96,7 @@ EXAMPLES = r"""
 
 - name: Rotate the lead token now (the old one stops working)
   s2.fleet.bridge_lead:
-    bridge_url: https://127.0.0.1:8443/mcp
-    ca_file: /etc/s2-bridge/tls/ca.crt
+    admin_config: /etc/s2-bridge/admin.toml
     path: /home/agent/.s2/s2-lead-credentials.json
     owner: agent
     state: rotated
@@ -227,10 +224,10 @@ def new_content(issued, params):
 def converge(params, call, check_mode=False, on_secret=None, now=None):
     """Bring the lead token and its file to params['state'].
 
-    params: the module's parameters (bridge_url_for_lead and ca_file_for_lead resolved).  call(tool, arguments)
-    -> dict calls an admin tool on the bridge (AdminBridge.call).  on_secret(value) is told every token this run
-    reads or receives (the module registers them as no_log values).  Returns the module result plus a 'diff' key;
-    holds no token.
+    params: the module's parameters (bridge_url_for_lead and ca_file_for_lead resolved, by default from
+    admin_config).  call(tool, arguments) -> dict calls an admin tool on the bridge (AdminBridge.call).
+    on_secret(value) is told every token this run reads or receives (the module registers them as no_log
+    values).  Returns the module result plus a 'diff' key; holds no token.
     """
     now = now or flow.utcnow()
     on_secret = on_secret or (lambda value: None)
@@ -298,7 +295,8 @@ def converge(params, call, check_mode=False, on_secret=None, now=None):
 
 
 def prepare(params):
-    """The lead's own checks, and the file's bridge_url and ca_file defaulted to the module's own."""
+    """The lead's own checks, and the file's bridge_url and ca_file defaulted to admin_config's (flow.run put them
+    in params)."""
     if not ROLE_MIN <= len(params["lead_role"]) <= ROLE_MAX:
         return "lead_role %r: use %d-%d characters" % (params["lead_role"], ROLE_MIN, ROLE_MAX)
     if os.path.isdir(params["path"]):
@@ -312,8 +310,8 @@ def prepare(params):
         if not ca_file or not os.path.isfile(ca_file):
             return (
                 "ca_file_for_lead %r: the lead's commands need the CA of an https bridge_url_for_lead, and no "
-                "such file exists on this host (the runtime would refuse the lead file, exit 78). Set ca_file or "
-                "ca_file_for_lead to the fleet CA, e.g. /etc/s2-bridge/tls/ca.crt" % ca_file
+                "such file exists on this host (the runtime would refuse the lead file, exit 78). Set ca_file_for_lead "
+                "(or ca_file in admin_config) to the fleet CA, e.g. /etc/s2-bridge/tls/ca.crt" % ca_file
             )
     return None
 

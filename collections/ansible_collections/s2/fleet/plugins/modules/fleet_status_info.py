@@ -15,7 +15,7 @@ version_added: 0.1.0
 description:
   - Calls the bridge's C(fleet_status) tool as the admin and returns one entry per worker conversation
     (role, status, last heartbeat, health, open tasks), a printable table and whether every worker is healthy.
-  - Runs on the orchestrator host, where O(admin_token_file) is. It only reads.
+  - Runs on the orchestrator host, where O(admin_config) and the admin token file it names are. It only reads.
 author:
   - S2 fleet maintainers (@s2-fleet)
 extends_documentation_fragment:
@@ -36,10 +36,8 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Read the fleet's health
+- name: Read the fleet's health (the bridge as /etc/s2-bridge/admin.toml names it)
   s2.fleet.fleet_status_info:
-    bridge_url: https://orchestrator.example:8443/mcp
-    ca_file: /etc/s2-bridge/tls/ca.crt
   become: true
   register: fleet
 
@@ -130,8 +128,8 @@ from ansible_collections.s2.fleet.plugins.module_utils.runtime import (
 
 # The runtime's one fleet table (the one `s2-bridge status` prints) and its worker order.
 try:
-    from s2_bridge.models import worker_sort_key
-    from s2_bridge.table import fleet_table
+    from s2_bridge.contract.models import worker_sort_key
+    from s2_bridge.agent.table import fleet_table
 except ImportError:  # main() re-runs the module under the runtime venv's python (ensure_runtime) before any use
     fleet_table = worker_sort_key = None
 

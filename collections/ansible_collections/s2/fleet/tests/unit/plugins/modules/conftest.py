@@ -33,8 +33,12 @@ COLLECTIONS_ROOT = Path(__file__).resolve().parents[7]
 if str(COLLECTIONS_ROOT) not in sys.path:
     sys.path.insert(0, str(COLLECTIONS_ROOT))
 
-from ansible_collections.s2.fleet.plugins.module_utils.runtime import AdminBridge, Failure  # noqa: E402
-from s2_bridge.tokens import TOKEN_RE  # noqa: E402
+from ansible_collections.s2.fleet.plugins.module_utils.runtime import (  # noqa: E402
+    AdminBridge,
+    Failure,
+    read_admin_config,
+)
+from s2_bridge.contract.tokens import TOKEN_RE  # noqa: E402
 
 
 def free_port() -> int:
@@ -56,11 +60,13 @@ class Bridge:
     admin_token_file: str
     process: subprocess.Popen
     log: Path
+    admin_config: str = ""
     ca_file: str | None = None
     extra: dict = field(default_factory=dict)
 
     def admin(self, **kwargs) -> AdminBridge:
-        return AdminBridge.from_token_file(self.url, self.admin_token_file, ca_file=self.ca_file, **kwargs)
+        """The admin's bridge as the modules reach it: from this bridge's admin.toml."""
+        return AdminBridge.from_admin_config(read_admin_config(self.admin_config), **kwargs)
 
     def as_token(self, token: str) -> AdminBridge:
         return AdminBridge(self.url, token, ca_file=self.ca_file)
@@ -107,6 +113,16 @@ def write_config(folder: Path, port: int, tls: tuple[str, str] | None, limits: d
     return config
 
 
+def write_admin_config(path: Path, bridge_url: str, admin_token_file: str, ca_file: str | None = None) -> str:
+    """An admin client configuration (admin.toml) as the mcp_bridge role writes it; returns its path."""
+    lines = [f"bridge_url = {json.dumps(bridge_url)}"]
+    if ca_file:
+        lines.append(f"ca_file = {json.dumps(ca_file)}")
+    lines.append(f"admin_token_file = {json.dumps(admin_token_file)}")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
 def start_bridge(
     folder: Path, tls: tuple[str, str] | None = None, ca_file: str | None = None, limits: dict | None = None
 ) -> Bridge:
@@ -128,6 +144,7 @@ def start_bridge(
         admin_token_file=str(folder / "admin.token"),
         process=process,
         log=log,
+        admin_config=write_admin_config(folder / "admin.toml", f"{base}/mcp", str(folder / "admin.token"), ca_file),
         ca_file=ca_file,
     )
     wait_healthy(bridge)
@@ -208,11 +225,12 @@ def worker_id() -> str:
 
 @pytest.fixture
 def params(bridge: Bridge, tmp_path: Path, worker_id: str) -> dict:
-    """bridge_conversation's parameters as AnsibleModule would hand them over (defaults filled in)."""
+    """bridge_conversation's parameters as its run hands them to converge(): the options (defaults filled in), and
+    bridge_url and ca_file as flow.run reads them from admin_config."""
     return {
+        "admin_config": bridge.admin_config,
         "bridge_url": bridge.url,
-        "ca_file": None,
-        "admin_token_file": bridge.admin_token_file,
+        "ca_file": "",
         "runtime_python": sys.executable,
         "timeout_s": 30.0,
         "my_role": "s2-orchestrator",
@@ -224,7 +242,6 @@ def params(bridge: Bridge, tmp_path: Path, worker_id: str) -> dict:
         "credentials_dir": str(tmp_path / "credentials"),
         "owner": None,
         "group": None,
-        "ca_file_for_workers": "/etc/s2-fleet/ca.crt",
     }
 
 
@@ -237,9 +254,13 @@ def assert_no_token(bridge, result, *token_sets):
             assert token not in text
 
 
+# What flow.run reads from admin_config into the parameters: never a module argument.
+RESOLVED = ("bridge_url", "ca_file", "timeout_s")
+
+
 def module_args(params: dict, **overrides) -> dict:
-    """A module's arguments from its parameters: the set ones, without timeout_s."""
-    args = {k: v for k, v in params.items() if v not in (None, "") and k != "timeout_s"}
+    """A module's arguments from its parameters: the set ones, without timeout_s and what admin_config gives."""
+    args = {k: v for k, v in params.items() if v not in (None, "") and k not in RESOLVED}
     args.update(overrides)
     return args
 

@@ -13,15 +13,16 @@ import os
 import pwd
 import socket
 import stat
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from ansible_collections.s2.fleet.plugins.module_utils.runtime import AdminBridge, Failure
-from conftest import assert_no_token, module_args
+from ansible_collections.s2.fleet.plugins.module_utils.runtime import AdminBridge, Failure, read_admin_config
+from conftest import assert_no_token, module_args, write_admin_config
 from ansible_collections.s2.fleet.plugins.modules.bridge_conversation import converge, credentials_path
-from s2_bridge.credentials import FIELDS
-from s2_bridge.tokens import TOKEN_RE
+from s2_bridge.contract.credentials import FIELDS, load_credentials
+from s2_bridge.contract.tokens import TOKEN_RE
 
 
 def run(bridge, params, check_mode=False, **overrides):
@@ -68,8 +69,9 @@ def test_present_creates_then_is_idempotent(bridge, params):
     assert data["worker_role"] == "tests"
     assert data["coordinator_token"].startswith("s2c_")
     assert data["worker_token"].startswith("s2w_")
+    # the orchestrator's copy names the bridge as admin.toml does (here plain http on loopback: no CA)
     assert data["bridge_url"] == bridge.url
-    assert data["ca_file"] == "/etc/s2-fleet/ca.crt"
+    assert data["ca_file"] == ""
     assert data["expires_at"] == first["expires_at"]
     # the module registered both new tokens as no_log values
     assert {data["coordinator_token"], data["worker_token"]} <= secrets
@@ -252,8 +254,9 @@ def test_role_change_replaces_the_conversation(bridge, params):
 def test_settings_change_rewrites_the_file_with_the_same_tokens(bridge, params):
     run(bridge, params)
     old = read_file(params)
-    result = run(bridge, params, ca_file_for_workers="/srv/ca.pem", bridge_url=bridge.url + "/")
-    # the trailing slash changes the URL the workers get; the bridge answers both
+    # admin.toml now names another URL and CA (flow.run puts them in the parameters)
+    result = run(bridge, params, ca_file="/srv/ca.pem", bridge_url=bridge.url + "/")
+    # the trailing slash changes the URL the copy names; the bridge answers both
     assert result["changed"] is True
     assert result["action"] == "updated"
     new = read_file(params)
@@ -325,8 +328,8 @@ def test_parallel_runs_for_the_whole_fleet(tmp_path, params, bridge_factory):
     fleet = bridge_factory("fleet", limits={"calls_per_s": 20, "calls_burst": 60})
     base = {
         **params,
+        "admin_config": fleet.admin_config,
         "bridge_url": fleet.url,
-        "admin_token_file": fleet.admin_token_file,
         "credentials_dir": str(tmp_path / "fleet-credentials"),
     }
 
@@ -350,8 +353,9 @@ def test_parallel_runs_for_the_whole_fleet(tmp_path, params, bridge_factory):
 
 
 def test_missing_admin_token_file(params, tmp_path):
+    config = write_admin_config(tmp_path / "admin.toml", params["bridge_url"], str(tmp_path / "nope.token"))
     with pytest.raises(Failure) as info:
-        AdminBridge.from_token_file(params["bridge_url"], str(tmp_path / "nope.token"))
+        AdminBridge.from_admin_config(read_admin_config(config))
     assert info.value.code == "admin_token_file"
     assert "nope.token" in str(info.value)
     assert "s2-bridge.service" in info.value.fix
@@ -362,9 +366,10 @@ def test_refused_admin_token_names_the_bridge_error(bridge, params, tmp_path):
     token_file = tmp_path / "admin.token"
     token_file.write_text(fake + "\n")
     token_file.chmod(0o600)
-    client = AdminBridge.from_token_file(bridge.url, str(token_file))
+    config = write_admin_config(tmp_path / "admin.toml", bridge.url, str(token_file))
+    client = AdminBridge.from_admin_config(read_admin_config(config))
     with pytest.raises(Failure) as info:
-        converge({**params, "admin_token_file": str(token_file)}, client.call)
+        converge({**params, "admin_config": config}, client.call)
     assert info.value.code == "unauthenticated"
     assert info.value.field == "admin_token_file"
     assert fake not in str(info.value)
@@ -405,12 +410,13 @@ def test_unreachable_bridge(bridge, params):
 def test_tls_with_the_fleet_ca(tls_bridge, params):
     tls_params = {
         **params,
+        "admin_config": tls_bridge.admin_config,
         "bridge_url": tls_bridge.url,
-        "admin_token_file": tls_bridge.admin_token_file,
         "ca_file": tls_bridge.ca_file,
     }
     result = run(tls_bridge, tls_params)
     assert result["action"] == "created"
+    assert read_file(tls_params)["ca_file"] == tls_bridge.ca_file
     assert tls_bridge.token_works(read_file(tls_params)["worker_token"])
 
     wrong = AdminBridge(tls_bridge.url, tls_bridge.admin_token, ca_file=tls_bridge.extra["other_ca_file"])
@@ -482,10 +488,56 @@ def test_module_failure_is_structured_and_token_free(bridge, params, ansible_mod
     token_file = tmp_path / "wrong.token"
     token_file.write_text(fake)
     token_file.chmod(0o600)
-    out = ansible_module(
-        "bridge_conversation", module_args(params, admin_token_file=str(token_file)), extra_args=("-vvv",)
-    )
+    config = write_admin_config(tmp_path / "wrong-admin.toml", bridge.url, str(token_file))
+    out = ansible_module("bridge_conversation", module_args(params, admin_config=config), extra_args=("-vvv",))
     assert out.rc != 0
     assert "localhost | FAILED!" in out.stdout
     assert out.result["error"]["code"] == "unauthenticated"
     assert fake not in out.stdout + out.stderr
+
+
+def test_orchestrator_copy_is_valid_on_the_orchestrator(tls_bridge, tmp_path, worker_id, ansible_module):
+    """The orchestrator's copy, written with nothing but admin_config (no URL or CA given), is a credentials file
+    the runtime's own reader accepts where it lives: the bridge URL and CA file of admin.toml, a CA that exists
+    there (not the workers' /etc/s2-fleet/ca.crt), and its coordinator token works against that URL."""
+    credentials_dir = tmp_path / "orchestrator-credentials"
+    args = {
+        "admin_config": tls_bridge.admin_config,
+        "runtime_python": sys.executable,
+        "worker_id": worker_id,
+        "partner_role": "tests",
+        "credentials_dir": str(credentials_dir),
+    }
+    out = ansible_module("bridge_conversation", args)
+    assert out.rc == 0, out.stdout + out.stderr
+    assert out.result["action"] == "created"
+
+    path = out.result["credentials_path"]
+    loaded = load_credentials(path)  # refuses a CA file that does not exist (exit 78 in the runtime's commands)
+    assert loaded.bridge_url == tls_bridge.url
+    assert loaded.ca_file == tls_bridge.ca_file
+    assert loaded.conversation_id == out.result["conversation_id"]
+    coordinator = AdminBridge(loaded.bridge_url, loaded.coordinator_token, ca_file=loaded.ca_file, source=path)
+    assert coordinator.call("check_partner_status", {})["partner_role"] == "tests"
+
+    again = ansible_module("bridge_conversation", args)
+    assert again.rc == 0, again.stdout + again.stderr
+    assert again.result["changed"] is False
+
+
+def test_bad_admin_config_is_named(bridge, params, tmp_path, ansible_module):
+    """admin_config is read by the runtime's load_admin_config: its checks, the file and the key named."""
+    missing = ansible_module("bridge_conversation", module_args(params, admin_config=str(tmp_path / "none.toml")))
+    assert missing.rc != 0
+    assert missing.result["error"]["code"] == "admin_config"
+    assert "none.toml" in missing.result["msg"]
+    assert "file not found" in missing.result["msg"]
+
+    no_ca = write_admin_config(
+        tmp_path / "admin.toml", "https://127.0.0.1:1/mcp", bridge.admin_token_file, str(tmp_path / "no-ca.crt")
+    )
+    out = ansible_module("bridge_conversation", module_args(params, admin_config=no_ca))
+    assert out.rc != 0
+    assert out.result["error"]["code"] == "admin_config"
+    assert "ca_file" in out.result["msg"] and "no-ca.crt does not exist" in out.result["msg"]
+    assert not Path(params["credentials_dir"]).exists()

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.s2.fleet.plugins.module_utils.runtime import Failure
-from conftest import assert_no_token, module_args
+from conftest import assert_no_token, module_args, write_admin_config
 from ansible_collections.s2.fleet.plugins.modules.bridge_lead import converge
-from s2_bridge.credentials import LEAD_FIELDS
-from s2_bridge.tokens import TOKEN_RE
+from s2_bridge.contract.credentials import LEAD_FIELDS
+from s2_bridge.contract.tokens import TOKEN_RE
 
 
 @pytest.fixture
@@ -37,10 +37,11 @@ def empty_params(fresh_bridge, tmp_path: Path) -> dict:
 
 
 def lead_params_for(bridge, tmp_path: Path) -> dict:
+    """The options, and bridge_url and ca_file as flow.run reads them from admin_config."""
     return {
+        "admin_config": bridge.admin_config,
         "bridge_url": bridge.url,
-        "ca_file": bridge.ca_file,
-        "admin_token_file": bridge.admin_token_file,
+        "ca_file": bridge.ca_file or "",
         "runtime_python": sys.executable,
         "timeout_s": 30.0,
         "path": str(tmp_path / "agent-home" / ".s2" / "s2-lead-credentials.json"),
@@ -135,7 +136,7 @@ def test_present_creates_then_is_idempotent(fresh_bridge, empty_params):
 
 def test_the_runtime_accepts_the_file(module_bridge, lead_params):
     """The file is what the runtime's own reader (mcp-proxy, hook, check-messages) accepts as a lead file."""
-    credentials = pytest.importorskip("s2_bridge.credentials")
+    credentials = pytest.importorskip("s2_bridge.contract.credentials")
     start(module_bridge, lead_params)
     loaded = credentials.load_credentials(lead_params["path"])
     assert loaded.side == "lead"
@@ -414,7 +415,7 @@ def test_module_defaults_the_file_to_the_admin_url_and_ca(tls_bridge, tmp_path, 
     params = lead_params_for(tls_bridge, tmp_path)
     args = module_args(params)
     del args["bridge_url_for_lead"], args["ca_file_for_lead"]
-    args["ca_path"] = args.pop("ca_file")  # the option's former name stays an alias
+    assert set(args).isdisjoint({"bridge_url", "ca_file", "ca_path", "admin_token_file"})  # admin_config only
     out = ansible_module("bridge_lead", {**args, "state": "rotated"})
     assert out.rc == 0, out.stdout + out.stderr
     data = read_file(params)
@@ -447,9 +448,8 @@ def test_module_failure_is_structured_and_token_free(module_bridge, lead_params,
     token_file = tmp_path / "wrong.token"
     token_file.write_text(fake)
     token_file.chmod(0o600)
-    out = ansible_module(
-        "bridge_lead", module_args(lead_params, admin_token_file=str(token_file)), extra_args=("-vvv",)
-    )
+    config = write_admin_config(tmp_path / "wrong-admin.toml", module_bridge.url, str(token_file))
+    out = ansible_module("bridge_lead", module_args(lead_params, admin_config=config), extra_args=("-vvv",))
     assert out.rc != 0
     assert "localhost | FAILED!" in out.stdout
     assert out.result["error"]["code"] == "unauthenticated"

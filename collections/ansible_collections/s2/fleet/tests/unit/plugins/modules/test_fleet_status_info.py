@@ -6,18 +6,25 @@ import json
 from pathlib import Path
 
 import pytest
-from ansible_collections.s2.fleet.plugins.module_utils.runtime import Failure
+import yaml
+from ansible_collections.s2.fleet.plugins.doc_fragments.bridge import ModuleDocFragment
+from ansible_collections.s2.fleet.plugins.module_utils.runtime import (
+    ADMIN_CONFIG_DEFAULT,
+    BRIDGE_ARGUMENT_SPEC,
+    Failure,
+)
 from ansible_collections.s2.fleet.plugins.modules.bridge_conversation import converge
 from ansible_collections.s2.fleet.plugins.modules.fleet_status_info import fleet_status
-from s2_bridge.table import fleet_table
-from s2_bridge.tokens import TOKEN_RE
+from s2_bridge.agent.table import fleet_table
+from s2_bridge.contract import paths
+from s2_bridge.contract.tokens import TOKEN_RE
 
 
 def provision(bridge, tmp_path: Path, worker_id: str, role: str) -> dict:
     params = {
+        "admin_config": bridge.admin_config,
         "bridge_url": bridge.url,
-        "ca_file": None,
-        "admin_token_file": bridge.admin_token_file,
+        "ca_file": "",
         "my_role": "s2-orchestrator",
         "partner_role": role,
         "worker_id": worker_id,
@@ -27,7 +34,6 @@ def provision(bridge, tmp_path: Path, worker_id: str, role: str) -> dict:
         "credentials_dir": str(tmp_path / "credentials"),
         "owner": None,
         "group": None,
-        "ca_file_for_workers": "/etc/s2-fleet/ca.crt",
     }
     converge(params, bridge.admin().call)
     return json.loads((tmp_path / "credentials" / f"s2-worker-{worker_id}-credentials.json").read_text())
@@ -116,7 +122,7 @@ def test_worker_token_is_not_the_admin(fresh_bridge, tmp_path):
 def test_module_entry_point_in_check_mode(fresh_bridge, tmp_path, ansible_module):
     creds = provision(fresh_bridge, tmp_path, "3", "tests")
     fresh_bridge.as_token(creds["worker_token"]).call("heartbeat", {"status": "idle"})
-    args = {"bridge_url": fresh_bridge.url, "admin_token_file": fresh_bridge.admin_token_file}
+    args = {"admin_config": fresh_bridge.admin_config}
     out = ansible_module("fleet_status_info", args, extra_args=("--check", "-vvv"))
     assert out.rc == 0, out.stdout + out.stderr
     assert out.result["changed"] is False
@@ -128,3 +134,18 @@ def test_module_entry_point_in_check_mode(fresh_bridge, tmp_path, ansible_module
     text = out.stdout + out.stderr
     assert fresh_bridge.admin_token not in text
     assert creds["worker_token"] not in text
+
+
+def test_admin_config_default_is_the_runtimes():
+    """One default for admin_config: the module option, its documentation and the runtime's config directory agree."""
+    assert f"{paths.CONFIG_DIR}/admin.toml" == ADMIN_CONFIG_DEFAULT
+    assert BRIDGE_ARGUMENT_SPEC["admin_config"]["default"] == ADMIN_CONFIG_DEFAULT
+    documented = yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"]["admin_config"]["default"]
+    assert documented == ADMIN_CONFIG_DEFAULT
+
+
+def test_module_entry_point_names_a_bad_admin_config(tmp_path, ansible_module):
+    out = ansible_module("fleet_status_info", {"admin_config": str(tmp_path / "missing-admin.toml")})
+    assert out.rc != 0
+    assert out.result["error"]["code"] == "admin_config"
+    assert "missing-admin.toml" in out.result["msg"]
