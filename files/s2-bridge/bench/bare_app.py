@@ -20,17 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from s2_bridge.server.store.sqlite_schema import PRESENCE_TABLE
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS presence (
-    conversation_id TEXT NOT NULL,
-    side TEXT NOT NULL,
-    status TEXT,
-    status_at REAL,
-    last_heartbeat REAL,
-    PRIMARY KEY (conversation_id, side)
-);
-"""
 UPSERT = (
     "INSERT INTO presence(conversation_id, side, last_heartbeat) VALUES (?, ?, ?)"
     " ON CONFLICT(conversation_id, side) DO UPDATE SET last_heartbeat=excluded.last_heartbeat"
@@ -46,7 +37,7 @@ class BareApp:
         self.db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        self.db.executescript(PRESENCE_TABLE)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":

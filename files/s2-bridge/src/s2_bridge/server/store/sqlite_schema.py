@@ -67,14 +67,7 @@ CREATE TABLE IF NOT EXISTS read_cursors (
     acked_through INTEGER NOT NULL,
     PRIMARY KEY (conversation_id, side)
 );
-CREATE TABLE IF NOT EXISTS presence (
-    conversation_id TEXT NOT NULL,
-    side TEXT NOT NULL,
-    status TEXT,
-    status_at REAL,
-    last_heartbeat REAL,
-    PRIMARY KEY (conversation_id, side)
-);
+{presence}
 CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     worker_id TEXT NOT NULL,
@@ -111,7 +104,16 @@ CREATE TABLE IF NOT EXISTS {name} (
     revoked_at REAL,
     label TEXT
 );"""
-SCHEMA = SCHEMA.replace("{tokens}", TOKENS_TABLE.format(name="tokens"))
+# the heartbeat table, also what bench/bare_app.py (the bare ASGI ceiling) writes to
+PRESENCE_TABLE = """CREATE TABLE IF NOT EXISTS presence (
+    conversation_id TEXT NOT NULL,
+    side TEXT NOT NULL,
+    status TEXT,
+    status_at REAL,
+    last_heartbeat REAL,
+    PRIMARY KEY (conversation_id, side)
+);"""
+SCHEMA = SCHEMA.replace("{tokens}", TOKENS_TABLE.format(name="tokens")).replace("{presence}", PRESENCE_TABLE)
 
 # Schema 1 (before the lead and worker-to-worker messages) to 2, in one transaction.
 MIGRATE_1_TO_2 = (
