@@ -23,7 +23,8 @@ NETWORK="${S2_LAB_NETWORK:-s2-lab}"
 # molecule/default/molecule.yml), reached over SSH like production machines.
 SUBNET="${S2_LAB_SUBNET:-10.213.13.0/24}"
 CONF=/etc/containers/containers.conf
-PACKAGES=(podman runc netavark aardvark-dns iptables uidmap slirp4netns catatonit mmdebstrap)
+# openssh-client: the controller reaches the lab and molecule hosts over SSH (scripts/lab-ssh.sh)
+PACKAGES=(podman runc netavark aardvark-dns iptables uidmap slirp4netns catatonit mmdebstrap openssh-client)
 
 log() { printf 'podman-setup: %s\n' "$*"; }
 die() { printf 'podman-setup: ERROR: %s\n' "$*" >&2; exit 1; }

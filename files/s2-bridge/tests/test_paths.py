@@ -20,3 +20,8 @@ def test_the_roles_install_where_the_runtime_looks() -> None:
     assert shared["s2_fleet_install_dir"] == paths.INSTALL_DIR
     assert shared["s2_fleet_admin_config_file"] == "{{ s2_fleet_config_dir }}/admin.toml"
     assert f"{paths.CONFIG_DIR}/admin.toml" in MODULE_RUNTIME.read_text(encoding="utf-8")
+
+
+def test_backups_go_where_the_runtime_documents_them() -> None:
+    shared = yaml.safe_load(SHARED_DEFAULTS.read_text(encoding="utf-8"))
+    assert shared["s2_fleet_backup_dir"] == paths.BACKUP_DIR
