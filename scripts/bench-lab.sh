@@ -13,7 +13,7 @@
 #                                                  # (ansible.posix.profile_tasks; logs in artifacts/)
 #
 # Needs root (rootful podman). Uses scripts/lab-up.sh --containers-only for the containers.
-# The controller's wheel set (.cache/s2-fleet-wheels) is built by the first converge of a fresh
+# The controller's wheel set (~/.cache/s2-fleet/wheels, s2_fleet_wheel_cache_dir) is built by the first converge of a fresh
 # checkout; the script says whether it was there, since building it lands in the first cold figure.
 set -euo pipefail
 
@@ -113,7 +113,7 @@ containers_up() {
   LAST_S=$(secs "$t0" "$t1")
 }
 
-wheels=$(find .cache/s2-fleet-wheels -name .complete 2>/dev/null | wc -l)
+wheels=$(find "$HOME/.cache/s2-fleet/wheels" -name .complete 2>/dev/null | wc -l)
 say "wheel sets already built on the controller: $wheels$( ((wheels)) || echo ' (the first cold converge builds one)')"
 
 for conn in podman ssh; do

@@ -88,6 +88,9 @@ molecule_scenarios() {
     say "molecule default: check mode (site.yml --check --diff on the converged fleet changes nothing)"
     ANSIBLE_CONFIG="$MOLECULE_EPHEMERAL_DIRECTORY/ansible.cfg" \
       bash scripts/check-mode.sh "$MOLECULE_EPHEMERAL_DIRECTORY/inventory" "$logs/check-mode.log"
+    say "molecule default: the status playbook (every worker healthy, through admin.toml on port 9443)"
+    ANSIBLE_CONFIG="$MOLECULE_EPHEMERAL_DIRECTORY/ansible.cfg" ansible-playbook playbooks/status.yml \
+      -i "$MOLECULE_EPHEMERAL_DIRECTORY/inventory" -e s2_status_require_healthy=true 2>&1 | tee "$logs/status.log"
     say "molecule default: verify"
     S2_CONVERGE_LOG="$logs/converge.log" molecule verify
     say "reliability: the fleet test protocol on the same nine containers (docs/RELIABILITY.md)"
