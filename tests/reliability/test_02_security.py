@@ -12,7 +12,7 @@ import lab
 import pytest
 from impostor import make_impostor
 
-IMPOSTOR_PORT = 9443
+IMPOSTOR_PORT = 10443  # a port the bridge does not use (the molecule fleet runs it on 9443, the lab on 8443)
 ADMIN_TOOLS = {
     "create_conversation": {"my_role": "s2-orchestrator", "partner_role": "worker-9-intruder", "worker_id": "9"},
     "list_conversations": {},
